@@ -1,0 +1,554 @@
+"""LLM backend: any litellm model, schema-validated through instructor, cached, retried, costed.
+
+Specs: ``llm:local`` (the embedded Gemma server), ``llm:openai/gpt-4o-mini``,
+``llm:ollama/llama3.1``, ``llm:openai/NAME?api_base=http://host:port/v1`` for any
+OpenAI-compatible server. Options can also be given as keyword arguments of `LLMConfig`.
+
+Example:
+    >>> from llmclf import Classifier, Task                     # doctest: +SKIP
+    >>> clf = Classifier(Task.from_yaml("eval_sets/sst2/task.yaml"), backend="llm:local")
+    >>> clf.predict("I loved it").label                            # doctest: +SKIP
+    'positive'
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, create_model
+
+from llmclf.backends.base import Backend, Hints
+from llmclf.errors import (
+    AuthError,
+    BackendError,
+    ConfigError,
+    LocalServerError,
+    OutputValidationError,
+    ProviderError,
+    ProviderServerError,
+    ProviderTimeout,
+    RateLimitError,
+)
+from llmclf.prompts import PromptTemplate
+from llmclf.store import Store, open_store
+from llmclf.types import ABSTAIN, Example, Prediction, Task, Usage
+
+log = logging.getLogger("llmclf.llm")
+
+# litellm would fetch its price table from the internet at import; use the copy it ships.
+os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+# instructor logs every failed attempt at ERROR; we raise one typed error instead
+logging.getLogger("instructor").setLevel(logging.CRITICAL)
+
+ResponseFormat = Literal["json_schema", "json_object_schema", "none"]
+
+
+@dataclass(frozen=True)
+class LLMConfig:
+    """How to reach and ask the model. ``api_key`` is never logged, cached or stored."""
+
+    model: str
+    api_base: str | None = None
+    api_key: str | None = field(default=None, repr=False)
+    prompt: str | None = None
+    temperature: float = 0.0
+    max_tokens: int | None = None
+    timeout_s: float = 60.0
+    max_retries: int = 4
+    max_reasks: int = 2
+    backoff_base_s: float = 0.5
+    backoff_max_s: float = 20.0
+    concurrency: int = 4
+    logprobs: bool = True
+    top_logprobs: int = 20
+    votes: int = 5
+    vote_temperature: float = 0.8
+    response_format: ResponseFormat = "json_schema"
+    cache: bool = True
+    few_shot_pool: str | None = None
+    shots: int = 4
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_options(cls, model: str, options: dict[str, Any]) -> LLMConfig:
+        """Build from string options (a spec's query string), converting types by field."""
+        known = {f.name: f for f in fields(cls)}
+        kwargs: dict[str, Any] = {"model": model}
+        for key, value in options.items():
+            if key not in known or key in {"model", "extra"}:
+                raise ConfigError(
+                    f"unknown LLM option {key!r}; known: {sorted(set(known) - {'model', 'extra'})}"
+                )
+            default = known[key].default
+            if isinstance(value, str) and isinstance(default, bool):
+                value = value.lower() in {"1", "true", "yes", "on"}
+            elif (
+                isinstance(value, str)
+                and isinstance(default, int)
+                and not isinstance(default, bool)
+            ):
+                value = int(value)
+            elif isinstance(value, str) and isinstance(default, float):
+                value = float(value)
+            kwargs[key] = value
+        return cls(**kwargs)
+
+
+def answer_model(task: Task) -> type[BaseModel]:
+    """The pydantic model the answer must validate against: a Literal of the label names."""
+    names = list(task.label_names) + ([ABSTAIN] if task.allow_abstain else [])
+    choice = Literal[tuple(names)]  # type: ignore[valid-type]
+    cfg = ConfigDict(extra="forbid")
+    if task.is_multilabel:
+        model = create_model(
+            "MultiLabelAnswer",
+            __config__=cfg,
+            labels=(list[choice], Field(max_length=len(names))),  # type: ignore[valid-type]
+        )
+    else:
+        model = create_model("Answer", __config__=cfg, label=(choice, ...))  # type: ignore[arg-type]
+    return model
+
+
+def _retry_after(exc: BaseException) -> float | None:
+    headers: Any = getattr(exc, "litellm_response_headers", None)
+    if headers is None:
+        resp = getattr(exc, "response", None)
+        headers = getattr(resp, "headers", None)
+    if not headers:
+        return None
+    try:
+        value = headers.get("retry-after") or headers.get("Retry-After")
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def classify_provider_error(exc: BaseException, backend: str) -> tuple[ProviderError, bool]:
+    """Map a litellm/openai exception to (our typed error, whether retrying can help)."""
+    import litellm
+
+    status = getattr(exc, "status_code", None)
+    msg = f"{type(exc).__name__}: {str(exc)[:500]}"
+    if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
+        return AuthError(msg, backend=backend, status_code=status), False
+    if isinstance(exc, litellm.RateLimitError):
+        return RateLimitError(
+            msg, backend=backend, status_code=429, retry_after=_retry_after(exc)
+        ), True
+    if isinstance(exc, litellm.Timeout):
+        return ProviderTimeout(msg, backend=backend, status_code=status), True
+    if isinstance(exc, litellm.BadRequestError | litellm.NotFoundError):
+        # litellm reports some malformed provider answers as 400s; 4xx never helps to retry
+        return ProviderError(msg, backend=backend, status_code=status), False
+    if isinstance(exc, litellm.APIConnectionError | litellm.InternalServerError):
+        return ProviderServerError(msg, backend=backend, status_code=status), True
+    if isinstance(exc, litellm.APIError | litellm.ServiceUnavailableError):
+        return ProviderServerError(msg, backend=backend, status_code=status), True
+    if isinstance(status, int) and status >= 500:
+        return ProviderServerError(msg, backend=backend, status_code=status), True
+    return ProviderServerError(msg, backend=backend, status_code=status), True
+
+
+@dataclass
+class _CallLog:
+    """What one classification spent across its provider calls, retries and re-asks."""
+
+    usage: Usage = field(default_factory=Usage)
+    calls: int = 0
+
+
+class LLMBackend(Backend):
+    """Classifies with a prompted LLM through litellm, validated by instructor."""
+
+    #: Called with (error_kind) for every provider fault seen, retried or not (service metrics).
+    on_fault: Callable[[str], None] | None = None
+
+    def __init__(
+        self,
+        task: Task,
+        config: LLMConfig,
+        *,
+        name: str | None = None,
+        store: Store | None = None,
+        base_url_provider: Callable[[], str] | None = None,
+        on_connection_failure: Callable[[], bool] | None = None,
+    ) -> None:
+        self.task = task
+        self.config = config
+        self.name = name or f"llm:{config.model}"
+        self.template = PromptTemplate.load(config.prompt or task.prompt)
+        self.answer_model = answer_model(task)
+        self._store = store
+        self._base_url_provider = base_url_provider
+        self._on_connection_failure = on_connection_failure
+        self._pool = ThreadPoolExecutor(max_workers=max(1, config.concurrency))
+        self._selector: Any = None
+        self._selector_lock = threading.Lock()
+        self._client: Any = None
+        self._client_lock = threading.Lock()
+
+    # -- plumbing -------------------------------------------------------------------------------
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = open_store()
+        return self._store
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    def _instructor(self) -> Any:
+        with self._client_lock:
+            if self._client is None:
+                import instructor
+                import litellm
+
+                litellm.suppress_debug_info = True
+
+                self._client = instructor.from_litellm(
+                    self._completion, mode=instructor.Mode.JSON_SCHEMA
+                )
+            return self._client
+
+    def _examples_for(self, text: str) -> list[Example]:
+        if not self.template.spec.few_shot:
+            return []
+        shots = list(self.task.examples)
+        if self.config.few_shot_pool:
+            with self._selector_lock:
+                if self._selector is None:
+                    from llmclf.fewshot import ExampleSelector
+
+                    self._selector = ExampleSelector.from_file(self.config.few_shot_pool, self.task)
+            shots += self._selector.select(text, self.config.shots)
+        return shots
+
+    def _params(self, temperature: float, seed: int | None) -> dict[str, Any]:
+        max_tokens = self.config.max_tokens or (
+            16 + 12 * len(self.task.labels) if self.task.is_multilabel else 48
+        )
+        params: dict[str, Any] = {"temperature": temperature, "max_tokens": min(max_tokens, 512)}
+        if seed is not None:
+            params["seed"] = seed
+        if self.config.logprobs and temperature == 0.0:
+            params["logprobs"] = True
+            params["top_logprobs"] = self.config.top_logprobs
+        params.update(self.config.extra)
+        return params
+
+    def cache_key(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+        blob = json.dumps(
+            {
+                "model": self.config.model,
+                "api_base": None if self._base_url_provider else self.config.api_base,
+                "messages": messages,
+                "schema": self.answer_model.model_json_schema(),
+                "params": params,
+                "format": self.config.response_format,
+            },
+            sort_keys=True,
+        )
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    # -- the provider call (instructor calls this; retries provider faults with backoff) --------
+    def _completion(self, *args: Any, _log: _CallLog | None = None, **kwargs: Any) -> Any:
+        import litellm
+
+        rf = kwargs.pop("response_format", None)
+        if rf and self.config.response_format == "json_object_schema":
+            schema = rf.get("json_schema", {}).get("schema")
+            extra_body = dict(kwargs.pop("extra_body", None) or {})
+            extra_body["response_format"] = {"type": "json_object", "schema": schema}
+            kwargs["extra_body"] = extra_body
+        elif rf and self.config.response_format == "json_schema":
+            kwargs["response_format"] = rf
+        attempt = 0
+        while True:
+            api_base = (
+                self._base_url_provider() if self._base_url_provider else self.config.api_base
+            )
+            try:
+                resp = litellm.completion(
+                    *args,
+                    api_base=api_base,
+                    api_key=self.config.api_key,
+                    timeout=self.config.timeout_s,
+                    num_retries=0,
+                    max_retries=0,
+                    **kwargs,
+                )
+                if not getattr(resp, "choices", None):
+                    raise ProviderServerError(
+                        "provider returned no choices", backend=self.name, status_code=200
+                    )
+                content = resp.choices[0].message.content
+                if content is None:
+                    raise ProviderServerError(
+                        "provider returned an empty message", backend=self.name, status_code=200
+                    )
+                if _log is not None:
+                    _log.calls += 1
+                    _log.usage = _log.usage + self._usage_of(resp)
+                return resp
+            except ProviderError as err:
+                typed, retryable = err, True
+            except Exception as exc:  # litellm/openai/httpx errors
+                typed, retryable = classify_provider_error(exc, self.name)
+            if self.on_fault is not None:
+                self.on_fault(typed.kind)
+            if (
+                isinstance(typed, ProviderServerError)
+                and self._on_connection_failure is not None
+                and "Connection" in str(typed)
+                and not self._on_connection_failure()
+            ):
+                raise LocalServerError(
+                    f"the embedded server died again after a restart: {typed}", backend=self.name
+                ) from typed
+            attempt += 1
+            if not retryable or attempt > self.config.max_retries:
+                typed.attempts = attempt
+                raise typed
+            if _log is not None:
+                _log.usage = _log.usage + Usage(retries=1)
+            delay = min(
+                self.config.backoff_max_s,
+                self.config.backoff_base_s * 2 ** (attempt - 1) * (0.5 + random.random()),
+            )
+            if isinstance(typed, RateLimitError) and typed.retry_after is not None:
+                delay = min(self.config.backoff_max_s, max(typed.retry_after, 0.0))
+            log.warning("%s: %s; retry %d in %.2fs", self.name, typed.kind, attempt, delay)
+            time.sleep(delay)
+
+    def _usage_of(self, resp: Any) -> Usage:
+        u = getattr(resp, "usage", None)
+        cost: float | None = None
+        if self._base_url_provider is not None:
+            cost = 0.0  # the embedded model is free
+        else:
+            try:
+                import litellm
+
+                cost = float(litellm.completion_cost(completion_response=resp))
+            except Exception:
+                cost = None
+        return Usage(
+            prompt_tokens=int(getattr(u, "prompt_tokens", 0) or 0),
+            completion_tokens=int(getattr(u, "completion_tokens", 0) or 0),
+            llm_calls=1,
+            cost_usd=cost,
+        )
+
+    def _ask(
+        self, messages: list[dict[str, str]], params: dict[str, Any], call_log: _CallLog
+    ) -> tuple[BaseModel, Any]:
+        """One validated answer (re-asked with the validation error up to ``max_reasks``)."""
+        from instructor.core.exceptions import InstructorRetryException
+
+        client = self._instructor()
+        try:
+            answer, completion = client.create_with_completion(
+                model=self.config.model,
+                messages=messages,
+                response_model=self.answer_model,
+                max_retries=self.config.max_reasks,
+                _log=call_log,
+                **params,
+            )
+        except InstructorRetryException as exc:
+            cause = exc.__cause__
+            while cause is not None and not isinstance(cause, BackendError):
+                if cause.__cause__ is None:
+                    break
+                cause = cause.__cause__
+            if isinstance(cause, BackendError):
+                raise cause from None
+            raw = None
+            last = getattr(exc, "last_completion", None)
+            if last is not None and getattr(last, "choices", None):
+                raw = last.choices[0].message.content
+            last_error = exc.failed_attempts[-1].exception if exc.failed_attempts else exc
+            first_line = str(last_error).strip().splitlines()[-2:]
+            raise OutputValidationError(
+                f"output did not match the label schema after {exc.n_attempts} attempts "
+                f"({' '.join(first_line)[:300]})",
+                raw_output=raw,
+                backend=self.name,
+            ) from None
+        reasks = max(0, call_log.calls - 1)
+        if reasks:
+            call_log.usage = call_log.usage + Usage(retries=reasks)
+        return answer, completion
+
+    # -- scoring --------------------------------------------------------------------------------
+    def _choices(self) -> list[str]:
+        return list(self.task.label_names) + ([ABSTAIN] if self.task.allow_abstain else [])
+
+    def _logprob_scores(self, completion: Any) -> dict[str, float] | None:
+        from llmclf.logprob_scores import label_scores_from_tokens
+
+        lp = getattr(completion.choices[0], "logprobs", None)
+        content = getattr(lp, "content", None) if lp is not None else None
+        if content is None and isinstance(lp, dict):
+            content = lp.get("content")
+        if not content:
+            return None
+        tokens = []
+        for item in content:
+            get = item.get if isinstance(item, dict) else lambda k, _i=item: getattr(_i, k, None)
+            tops = get("top_logprobs") or []
+            alts = [
+                (
+                    t["token"] if isinstance(t, dict) else t.token,
+                    float(t["logprob"] if isinstance(t, dict) else t.logprob),
+                )
+                for t in tops
+            ]
+            tokens.append((str(get("token")), alts))
+        return label_scores_from_tokens(tokens, self._choices(), multilabel=self.task.is_multilabel)
+
+    def _answer_labels(self, answer: BaseModel) -> list[str]:
+        if self.task.is_multilabel:
+            return list(dict.fromkeys(answer.labels))  # type: ignore[attr-defined]
+        return [answer.label]  # type: ignore[attr-defined]
+
+    # -- public ---------------------------------------------------------------------------------
+    def classify(self, text: str) -> Prediction:
+        """Classify one (already validated) text."""
+        start = time.perf_counter()
+        messages = self.template.render(self.task, text, self._examples_for(text))
+        params = self._params(self.config.temperature, None)
+        key = self.cache_key(messages, params)
+        if self.config.cache:
+            hit = self.store.cache_get(key)
+            if hit is not None:
+                return self._prediction(hit, start, cached=True)
+        call_log = _CallLog()
+        answer, completion = self._ask(messages, params, call_log)
+        chosen = self._answer_labels(answer)
+        scores = self._logprob_scores(completion) if "logprobs" in params else None
+        source = "logprobs"
+        if scores is None:
+            source = "votes"
+            scores = self._vote_scores(messages, chosen, call_log)
+        record = {
+            "answer": chosen,
+            "scores": scores,
+            "source": source,
+            "raw": completion.choices[0].message.content,
+            "usage": call_log.usage.model_dump(),
+        }
+        if self.config.cache:
+            self.store.cache_put(key, self.config.model, record)
+        return self._prediction(record, start, cached=False)
+
+    def _vote_scores(
+        self, messages: list[dict[str, str]], first: list[str], call_log: _CallLog
+    ) -> dict[str, float]:
+        votes: Counter[str] = Counter(first)
+        n = max(1, self.config.votes)
+        for i in range(1, n):
+            params = self._params(self.config.vote_temperature, seed=i)
+            params.pop("logprobs", None)
+            params.pop("top_logprobs", None)
+            try:
+                answer, _ = self._ask(messages, params, call_log)
+            except OutputValidationError:
+                continue
+            votes.update(self._answer_labels(answer))
+        return {c: votes.get(c, 0) / n for c in self._choices()}
+
+    def _prediction(self, record: dict[str, Any], start: float, *, cached: bool) -> Prediction:
+        task = self.task
+        raw_scores: dict[str, float] = dict(record["scores"])
+        abstain_score = raw_scores.pop(ABSTAIN, None) if task.allow_abstain else None
+        answer: list[str] = list(record["answer"])
+        scores = {lab: float(raw_scores.get(lab, 0.0)) for lab in task.label_names}
+        if not task.is_multilabel:
+            total = sum(scores.values())
+            if total > 0:
+                scores = {k: v / total for k, v in scores.items()}
+            elif answer and answer[0] in scores:
+                scores[answer[0]] = 1.0
+        labels: tuple[str, ...]
+        if task.is_multilabel or record["source"] != "logprobs":
+            abstained = ABSTAIN in answer
+            labels = () if abstained else tuple(a for a in answer if a != ABSTAIN)
+        else:
+            # single-label with logprobs: the label is the one the scores favour, so the label,
+            # its confidence and any threshold agree (greedy decoding can disagree at the margin)
+            top = max(scores, key=lambda k: scores[k])
+            abstained = abstain_score is not None and abstain_score > raw_scores.get(top, 0.0)
+            if abstained:
+                labels = ()
+            elif task.kind == "binary":
+                assert task.positive_label is not None and task.negative_label is not None
+                pos = scores[task.positive_label] >= task.threshold
+                labels = (task.positive_label if pos else task.negative_label,)
+            else:
+                labels = (top,)
+        usage = Usage() if cached else Usage.model_validate(record["usage"])
+        return Prediction(
+            labels=labels,
+            scores={k: round(v, 6) for k, v in scores.items()},
+            score_source=record["source"],
+            backend=self.name,
+            abstained=abstained,
+            abstain_score=None if abstain_score is None else round(float(abstain_score), 6),
+            route=(self.name,),
+            latency_ms=(time.perf_counter() - start) * 1000,
+            usage=usage,
+            prompt_hash=self.template.id,
+            cached=cached,
+            raw_output=record.get("raw"),
+        )
+
+    def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
+        if len(texts) == 1:
+            return [self.classify(texts[0])]
+        return list(self._pool.map(self.classify, texts))
+
+
+def make_llm_backend(
+    model: str, task: Task, options: dict[str, Any], *, store: Store | None = None
+) -> LLMBackend:
+    """Build an LLM backend from a spec's model part and options."""
+    if model == "local":
+        from llmclf.backends.local_server import MODEL_ALIAS, LocalServer
+
+        server = LocalServer.shared()
+        opts = {"response_format": "json_object_schema", "top_logprobs": 50, "concurrency": 2}
+        opts.update(options)
+        config = LLMConfig.from_options(f"openai/{MODEL_ALIAS}", opts)
+        config = replace(config, api_key=config.api_key or "sk-no-key-required")
+        return LLMBackend(
+            task,
+            config,
+            name="llm:local",
+            store=store,
+            base_url_provider=server.ensure_running,
+            on_connection_failure=server.mark_failed,
+        )
+    config = LLMConfig.from_options(model, options)
+    if config.api_key is None:
+        key_env = os.environ.get("LLMCLF_API_KEY")
+        if key_env:
+            config = replace(config, api_key=key_env)
+        elif (
+            config.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY")
+        ):
+            # a self-hosted OpenAI-compatible server usually wants no key, but the SDK wants one
+            config = replace(config, api_key="sk-no-key-required")
+    return LLMBackend(task, config, name=f"llm:{model}", store=store)

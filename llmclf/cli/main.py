@@ -1,0 +1,65 @@
+"""The ``llmclf`` command. Each command group lives in its own module under ``llmclf/cli/``.
+
+Example:
+    $ llmclf classify --task eval_sets/sst2/task.yaml "I loved it"
+    {"label": "positive", "labels": ["positive"], "scores": {...}, ...}
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import typer
+
+from llmclf.errors import LLMClfError
+
+app = typer.Typer(
+    name="llmclf",
+    help="Text classification with LLMs: classify, evaluate prompts, distill, route and serve.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Text classification with LLMs: classify, evaluate prompts, distill, route and serve."""
+
+
+# Modules that add commands to `app` (each defines `register(app)`); missing ones are skipped
+# so a partial install still has a working CLI.
+COMMAND_MODULES = (
+    "llmclf.cli.classify",
+    "llmclf.cli.eval",
+    "llmclf.cli.runs",
+    "llmclf.cli.distill",
+    "llmclf.cli.review",
+    "llmclf.cli.serve",
+    "llmclf.cli.demo",
+)
+
+for _name in COMMAND_MODULES:
+    try:
+        _mod = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:
+        if _exc.name != _name:
+            raise
+        continue
+    _mod.register(app)
+
+
+def main() -> None:
+    """Run the CLI; llmclf errors print one clear line and exit 2 instead of a traceback."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app(standalone_mode=True)
+    except LLMClfError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Sets up llmclf (scripts/setup.sh) and runs every check CI runs: ruff, mypy and the test suite,
+# including the smaller set of tests on the real embedded Gemma model.
+# Usage: bash scripts/test.sh [extra pytest args]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+# the HTML report is checked in a real headless browser (Debian chromium)
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+      || echo "warning: could not install chromium; the browser test will be skipped" >&2
+  else
+    echo "warning: chromium is not installed; the browser test will be skipped" >&2
+  fi
+fi
+.venv/bin/ruff check llmclf tests benchmarks scripts
+.venv/bin/mypy
+export LLMCLF_HOME="${LLMCLF_HOME:-$(mktemp -d)}"
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,91 @@
+"""Shared fixtures: an isolated LLMCLF_HOME per test, the fake provider, and small tasks.
+
+Real provider calls are impossible here: every LLM test points llmclf at `FakeProvider` on
+127.0.0.1 (or, for tests marked ``model``, at the real embedded Gemma server).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from llmclf.testing.fake_provider import FakeProvider
+from llmclf.types import Task
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Hosted providers must never be reached from the test suite.
+for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLMCLF_API_KEY"):
+    os.environ.pop(_var, None)
+os.environ["LITELLM_LOCAL_MODEL_COST_MAP"] = "True"
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def llmclf_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own state directory (cache, runs, review queue)."""
+    home = tmp_path_factory.mktemp("llmclf-home")
+    monkeypatch.setenv("LLMCLF_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeProvider]:
+    """A deterministic OpenAI-compatible server: 'good'/'loved' → positive, else negative."""
+    with FakeProvider(rules={"loved": "positive", "good": "positive"}, default="negative") as fp:
+        yield fp
+
+
+@pytest.fixture
+def sentiment_task() -> Task:
+    return Task.from_yaml_text(
+        """
+name: sentiment
+kind: binary
+positive_label: positive
+labels:
+  - name: negative
+    description: the writer dislikes it
+  - name: positive
+    description: the writer likes it
+"""
+    )
+
+
+@pytest.fixture
+def topic_task() -> Task:
+    return Task.from_yaml_text(
+        """
+name: topics
+kind: multiclass
+labels:
+  world: world news
+  sports: sport
+  business: business and economy
+  scitech: science and technology
+"""
+    )
+
+
+@pytest.fixture
+def tags_task() -> Task:
+    return Task.from_yaml_text(
+        """
+name: tags
+kind: multilabel
+labels:
+  joy: the writer is happy
+  anger: the writer is angry
+  surprise: the writer is surprised
+"""
+    )
+
+
+def local_model_available() -> bool:
+    from llmclf.backends.local_server import llama_server_available
+
+    return llama_server_available() and not os.environ.get("LLMCLF_SKIP_MODEL_TESTS")

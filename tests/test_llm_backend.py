@@ -1,0 +1,266 @@
+"""The whole litellm → instructor → HTTP path against the fake provider on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+
+import pytest
+
+import llmclf
+from llmclf import Classifier, Hints
+from llmclf.errors import (
+    AuthError,
+    InputTextError,
+    OutputValidationError,
+    ProviderServerError,
+    ProviderTimeout,
+    RateLimitError,
+)
+from llmclf.store import open_store
+from llmclf.testing.fake_provider import FakeProvider, Fault
+from llmclf.types import Task
+
+FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05}
+
+
+def test_binary_prediction_has_label_scores_usage_and_prompt_hash(fake, sentiment_task):
+    clf = Classifier(sentiment_task, backend=fake.spec())
+    pred = clf.predict("I loved this film")
+    assert pred.label == "positive"
+    assert pred.labels == ("positive",)
+    assert pred.score_source == "logprobs"
+    assert set(pred.scores) == {"negative", "positive"}
+    assert sum(pred.scores.values()) == pytest.approx(1.0, abs=1e-4)
+    assert pred.scores["positive"] == pytest.approx(0.9, abs=0.01)
+    assert pred.backend == "llm:openai/fake"
+    assert pred.usage.llm_calls == 1 and pred.usage.prompt_tokens > 0
+    assert pred.prompt_hash and pred.prompt_hash.startswith("zero_shot.v1@")
+    assert pred.latency_ms > 0 and not pred.cached
+    # the label schema was sent, so a provider can constrain decoding
+    body = fake.chat_requests[-1]
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["label"]
+    assert body["logprobs"] is True
+
+
+def test_multiclass_and_multilabel(sentiment_task, topic_task, tags_task):
+    with FakeProvider(rules={"match": "sports", "wow": ["joy", "surprise"]}) as fp:
+        pred = Classifier(topic_task, backend=fp.spec()).predict("the match ended 2-1")
+        assert pred.label == "sports"
+        assert sum(pred.scores.values()) == pytest.approx(1.0, abs=1e-4)
+        multi = Classifier(tags_task, backend=fp.spec()).predict("wow, what a day")
+        assert multi.labels == ("joy", "surprise")
+        assert set(multi.scores) == {"joy", "anger", "surprise"}
+        # multi-label scores are independent per label, not a distribution
+        assert multi.scores["joy"] > 0.8 and multi.scores["surprise"] > 0.8
+        assert multi.scores["anger"] < 0.5
+
+
+def test_votes_when_the_provider_returns_no_logprobs(sentiment_task):
+    with FakeProvider(rules={"good": "positive"}, default="negative", logprobs=False) as fp:
+        pred = Classifier(sentiment_task, backend=fp.spec(votes=3)).predict("good stuff")
+    assert pred.score_source == "votes"
+    assert pred.label == "positive"
+    assert pred.scores == {"negative": 0.0, "positive": 1.0}
+    assert pred.usage.llm_calls == 3
+    assert len(fp.chat_requests) == 3
+
+
+def test_predict_many_keeps_order_and_apredict_many(fake, sentiment_task):
+    texts = [f"text {i} " + ("good" if i % 3 == 0 else "bad") for i in range(20)]
+    clf = Classifier(sentiment_task, backend=fake.spec(concurrency=4))
+    preds = clf.predict_many(texts)
+    assert [p.label for p in preds] == ["positive" if i % 3 == 0 else "negative" for i in range(20)]
+    apreds = asyncio.run(clf.apredict_many(texts))
+    assert [p.label for p in apreds] == [p.label for p in preds]
+    assert all(p.cached for p in apreds)
+
+
+def test_cache_second_identical_request_makes_no_call(fake, sentiment_task):
+    clf = Classifier(sentiment_task, backend=fake.spec())
+    first = clf.predict("good")
+    n = len(fake.chat_requests)
+    second = clf.predict("good")
+    assert len(fake.chat_requests) == n
+    assert second.cached and not first.cached
+    assert second.scores == first.scores and second.label == first.label
+    assert second.usage.llm_calls == 0
+    # a different prompt is a different cache key
+    Classifier(sentiment_task, backend=fake.spec(prompt="minimal")).predict("good")
+    assert len(fake.chat_requests) == n + 1
+
+
+def test_cache_is_safe_under_concurrent_use(fake, sentiment_task):
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            clf = Classifier(sentiment_task, backend=fake.spec())
+            for j in range(10):
+                clf.predict(f"good {j % 5}")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    store = open_store()
+    assert store.cache_count() == 5
+    assert store.integrity_check() == "ok"
+
+
+def test_invalid_output_is_reasked_with_the_error(fake, sentiment_task):
+    fake.push(Fault.raw("this is not json"), Fault.raw('{"label": "meh"}'))
+    pred = Classifier(sentiment_task, backend=fake.spec()).predict("good")
+    assert pred.label == "positive"
+    assert len(fake.chat_requests) == 3
+    assert pred.usage.retries == 2
+    # instructor re-asked with the validation error in the conversation
+    last_messages = fake.chat_requests[-1]["messages"]
+    assert any("meh" in str(m.get("content")) for m in last_messages)
+
+
+def test_persistent_invalid_output_raises_typed_error_with_raw_output(fake, sentiment_task):
+    fake.push(*[Fault.raw('{"label": "neutral"}')] * 3)
+    clf = Classifier(sentiment_task, backend=fake.spec(max_reasks=2))
+    with pytest.raises(OutputValidationError) as err:
+        clf.predict("good")
+    assert err.value.raw_output == '{"label": "neutral"}'
+    # a failed request never writes the cache
+    assert open_store().cache_count() == 0
+
+
+def test_rate_limit_with_retry_after_is_retried(fake, sentiment_task):
+    fake.push(Fault.status(429, retry_after=0.05), Fault.status(429, retry_after=0.05))
+    pred = Classifier(sentiment_task, backend=fake.spec(**FAST)).predict("good")
+    assert pred.label == "positive"
+    assert pred.usage.retries == 2
+    assert fake.fault_counts["status"] == 2
+
+
+def test_rate_limit_that_persists_raises_rate_limit_error(fake, sentiment_task):
+    fake.push(*[Fault.status(429, retry_after=0)] * 5)
+    with pytest.raises(RateLimitError) as err:
+        Classifier(sentiment_task, backend=fake.spec(max_retries=2, **FAST)).predict("good")
+    assert err.value.attempts == 3
+
+
+@pytest.mark.parametrize("code", [500, 503])
+def test_server_errors_are_retried(fake, sentiment_task, code):
+    fake.push(Fault.status(code))
+    assert Classifier(sentiment_task, backend=fake.spec(**FAST)).predict("good").label == "positive"
+
+
+def test_server_error_that_persists_is_typed(fake, sentiment_task):
+    fake.push(*[Fault.status(500)] * 5)
+    with pytest.raises(ProviderServerError):
+        Classifier(sentiment_task, backend=fake.spec(max_retries=1, **FAST)).predict("good")
+
+
+def test_auth_error_is_not_retried(fake, sentiment_task):
+    fake.push(Fault.status(401))
+    with pytest.raises(AuthError):
+        Classifier(sentiment_task, backend=fake.spec(**FAST)).predict("good")
+    assert len(fake.chat_requests) == 1
+
+
+def test_timeout_is_retried_then_typed(fake, sentiment_task):
+    fake.push(Fault.delay(1.0))
+    clf = Classifier(sentiment_task, backend=fake.spec(timeout_s=0.3, **FAST))
+    assert clf.predict("good").label == "positive"
+    fake.push(*[Fault.delay(1.0)] * 3)
+    with pytest.raises(ProviderTimeout):
+        Classifier(sentiment_task, backend=fake.spec(timeout_s=0.3, max_retries=1, **FAST)).predict(
+            "good again"
+        )
+
+
+def test_dropped_connection_and_empty_choices_are_retried(fake, sentiment_task):
+    fake.push(Fault.drop(), Fault.empty_choices())
+    pred = Classifier(sentiment_task, backend=fake.spec(**FAST)).predict("good")
+    assert pred.label == "positive"
+    assert pred.usage.retries >= 2
+
+
+def test_cost_is_computed_for_a_priced_model(sentiment_task):
+    with FakeProvider(default="positive") as fp:
+        spec = f"llm:openai/gpt-4o-mini?api_base={fp.base_url}&api_key=sk-test"
+        pred = Classifier(sentiment_task, backend=spec).predict("anything")
+    assert pred.usage.cost_usd is not None and pred.usage.cost_usd > 0
+
+
+def test_abstain_is_an_explicit_outcome(fake):
+    task = Task.from_yaml_text(
+        "name: t\nkind: multiclass\nallow_abstain: true\nlabels: {a: first, b: second}\n"
+    )
+    with FakeProvider(rules={"unclear": "abstain"}, default="a") as fp:
+        clf = Classifier(task, backend=fp.spec())
+        pred = clf.predict("it is unclear")
+        assert pred.abstained and pred.labels == () and pred.label is None
+        assert set(pred.scores) == {"a", "b"}
+        assert pred.abstain_score is not None and pred.abstain_score > 0.5
+        assert "abstain" in json.dumps(fp.chat_requests[-1]["response_format"])
+        assert not clf.predict("clear").abstained
+
+
+def test_binary_threshold_decides_the_label(sentiment_task):
+    strict = sentiment_task.model_copy(update={"threshold": 0.95})
+    with FakeProvider(default="positive", confidence=0.9) as fp:
+        assert Classifier(sentiment_task, backend=fp.spec()).predict("x").label == "positive"
+        assert Classifier(strict, backend=fp.spec()).predict("x").label == "negative"
+
+
+def test_static_few_shot_examples_are_sent_as_turns(fake):
+    task = Task.from_yaml_text(
+        """
+name: fs
+kind: binary
+positive_label: positive
+prompt: few_shot
+labels: {negative: dislikes it, positive: likes it}
+examples:
+  - {text: "what a waste of time", label: negative}
+  - {text: "an instant classic", label: positive}
+"""
+    )
+    Classifier(task, backend=fake.spec()).predict("good")
+    messages = fake.chat_requests[-1]["messages"]
+    assert [m["role"] for m in messages] == [
+        "system",
+        "user",
+        "assistant",
+        "user",
+        "assistant",
+        "user",
+    ]
+    assert "an instant classic" in messages[3]["content"]
+    assert json.loads(messages[4]["content"]) == {"label": "positive"}
+
+
+def test_bad_input_is_rejected_before_any_call(fake, sentiment_task):
+    clf = Classifier(sentiment_task, backend=fake.spec())
+    with pytest.raises(InputTextError, match="empty"):
+        clf.predict("   ")
+    long_task = sentiment_task.model_copy(update={"max_text_chars": 10})
+    with pytest.raises(InputTextError, match=r"input #1.*over the limit of 10"):
+        Classifier(long_task, backend=fake.spec()).predict_many(["short", "x" * 11])
+    assert fake.chat_requests == []
+
+
+def test_unknown_backend_spec_lists_valid_forms(sentiment_task):
+    with pytest.raises(llmclf.BackendSpecError) as err:
+        Classifier(sentiment_task, backend="gpt4")
+    assert "llm:local" in str(err.value) and "setfit:" in str(err.value)
+    with pytest.raises(llmclf.BackendSpecError, match="unknown backend kind 'foo'"):
+        Classifier(sentiment_task, backend="foo:bar")
+    with pytest.raises(llmclf.ConfigError, match="unknown LLM option 'temprature'"):
+        Classifier(sentiment_task, backend="llm:openai/x?temprature=0")
+
+
+def test_hints_are_accepted_by_plain_backends(fake, sentiment_task):
+    pred = Classifier(sentiment_task, backend=fake.spec()).predict("good", Hints(max_latency_ms=5))
+    assert pred.label == "positive"

@@ -1,0 +1,104 @@
+"""The real embedded default: Gemma 3 270M behind llama-cpp-python's server on 127.0.0.1.
+
+These run the same litellm path as a hosted model. They take about a minute on 2 cores;
+``LLMCLF_SKIP_MODEL_TESTS=1`` skips them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from llmclf import Classifier
+from llmclf.backends.local_server import LocalServer, local_model_path
+from llmclf.types import Task
+from tests.conftest import REPO, local_model_available
+
+pytestmark = [
+    pytest.mark.model,
+    pytest.mark.skipif(not local_model_available(), reason="embedded model not installed"),
+]
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Assemble the GGUF once for the module; every test then points at it."""
+    home = tmp_path_factory.mktemp("model-home")
+    old = os.environ.get("LLMCLF_HOME")
+    os.environ["LLMCLF_HOME"] = str(home)
+    try:
+        return local_model_path()
+    finally:
+        if old is not None:
+            os.environ["LLMCLF_HOME"] = old
+
+
+@pytest.fixture
+def server(model_file: Path, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setenv("LLMCLF_LOCAL_MODEL", str(model_file))
+    srv = LocalServer.shared()
+    yield srv
+    srv.stop()
+    LocalServer._shared = None
+
+
+def sst2_cases(n: int) -> list[dict]:
+    rows = [json.loads(x) for x in (REPO / "eval_sets/sst2/cases.jsonl").read_text().splitlines()]
+    pos = [r for r in rows if r["label"] == "positive"][: n // 2]
+    neg = [r for r in rows if r["label"] == "negative"][: n - n // 2]
+    return pos + neg
+
+
+def test_sst2_clearly_above_chance(server):
+    task = Task.from_yaml(REPO / "eval_sets/sst2/task.yaml")
+    cases = sst2_cases(20)
+    clf = Classifier(task, backend="llm:local")
+    preds = clf.predict_many([c["text"] for c in cases])
+    correct = sum(p.label == c["label"] for p, c in zip(preds, cases, strict=True))
+    assert correct >= 15, f"{correct}/20 correct"
+    assert all(p.score_source == "logprobs" for p in preds)
+    assert all(abs(sum(p.scores.values()) - 1) < 1e-3 for p in preds)
+    # scores carry information: the chosen label is the higher-scored one
+    assert all(p.scores[p.label] >= 0.5 for p in preds)
+    # the schema reached the server, so decoding was constrained: every answer is valid JSON
+    assert all(json.loads(p.raw_output or "")["label"] in task.label_names for p in preds)
+
+
+def test_server_is_reused_and_restarted_once_after_being_killed(server):
+    task = Task.from_yaml(REPO / "eval_sets/sst2/task.yaml")
+    first = Classifier(task, backend="llm:local?cache=false")
+    first.predict("a delightful, moving film")
+    pid = server.pid
+    second = Classifier(task, backend="llm:local?cache=false")
+    second.predict("a tedious mess")
+    assert server.pid == pid, "a second classifier must reuse the running server"
+    os.kill(pid, signal.SIGKILL)
+    time.sleep(0.5)
+    pred = second.predict("the best film of the year")
+    assert pred.label in task.label_names
+    assert server.pid != pid and server.restarts == 1
+
+
+def test_server_started_by_a_process_is_stopped_at_its_exit(model_file, tmp_path):
+    env = {**os.environ, "LLMCLF_LOCAL_MODEL": str(model_file), "LLMCLF_HOME": str(tmp_path)}
+    code = (
+        "from llmclf import Classifier; from llmclf.backends.local_server import LocalServer;"
+        "c = Classifier('eval_sets/sst2/task.yaml', backend='llm:local');"
+        "print(c.predict('great fun').label); print(LocalServer.shared().pid)"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr
+    label, pid = res.stdout.split()
+    assert label in {"positive", "negative"}
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(int(pid), 0)
