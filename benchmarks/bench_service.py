@@ -1,0 +1,445 @@
+"""Benchmarks of the router and the HTTP service, with a real load generator on loopback.
+
+Two modes:
+
+``--mode load`` (default): starts ``llmclf serve --router R`` in a subprocess and drives it with
+`wrk <https://github.com/wg/wrk>`_ (``apt-get install wrk``), POSTing single-text requests:
+
+1. **student alone**: texts the router answers from the student, ``--connections`` at once,
+   for ``--duration`` seconds: texts/s, p50/p99 latency, errors.
+2. **student + escalations at once**: the same student stream while a second wrk sends
+   ``--escalation-connections`` streams of requests that must escalate (unique texts, so the
+   LLM cache cannot answer them, with ``"hints": {"min_confidence": 1.0}``). The student
+   stream's p50/p99 are compared with phase 1: escalations must not slow the student.
+
+Which backend answered is read from ``/metrics`` before and after each phase.
+
+``--mode quality``: on the router task's eval set, the student and the escalation LLM each
+label every case once (the LLM through its cache); prints the accuracy vs escalation-rate curve
+over thresholds with the router's operating point marked, then routes the eval set through the
+router itself: accuracy vs the LLM alone, share answered by the student, LLM calls saved.
+
+Example:
+    $ python benchmarks/bench_service.py --router router.yaml --duration 60
+    $ python benchmarks/bench_service.py --router router.yaml --mode quality
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+REPO = Path(__file__).resolve().parents[1]
+
+TARGETS = {
+    "texts_per_s": 500.0,
+    "p99_ms": 50.0,
+    "student_share": 0.80,
+    "llm_calls_saved": 0.80,
+}
+
+_LUA = r"""
+local bodies = {
+%(bodies)s
+}
+local unique = %(unique)s
+local hints = [==[%(hints)s]==]
+local counter = 0
+local thread_tag = tostring(math.random(1, 1000000000))
+
+request = function()
+  counter = counter + 1
+  local text = bodies[(counter %% #bodies) + 1]
+  if unique then
+    text = text .. " #" .. thread_tag .. "-" .. counter
+  end
+  local body = '{"text": "' .. text .. '"' .. hints .. '}'
+  return wrk.format("POST", "/v1/classify", {["Content-Type"] = "application/json"}, body)
+end
+
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    'WRK_JSON {"requests": %%d, "duration_us": %%d, "p50_us": %%d, "p90_us": %%d, ' ..
+    '"p99_us": %%d, "max_us": %%d, "mean_us": %%f, "connect": %%d, "read": %%d, ' ..
+    '"write": %%d, "status": %%d, "timeout": %%d}\n',
+    summary.requests, summary.duration, latency:percentile(50), latency:percentile(90),
+    latency:percentile(99), latency.max, latency.mean, e.connect, e.read, e.write, e.status,
+    e.timeout))
+end
+"""
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def lua_string(s: str) -> str:
+    """A Lua long-bracket literal that holds ``s`` verbatim."""
+    level = 0
+    while f"]{'=' * level}]" in s:
+        level += 1
+    eq = "=" * level
+    return f"[{eq}[{s}]{eq}]"
+
+
+def write_lua(
+    path: Path, texts: Sequence[str], *, unique: bool, hints: dict[str, Any] | None
+) -> None:
+    # each text is JSON-escaped (without its quotes) so the Lua side only concatenates
+    escaped = [json.dumps(t, ensure_ascii=True)[1:-1] for t in texts]
+    bodies = ",\n".join("  " + lua_string(e) for e in escaped)
+    hint_part = f', "hints": {json.dumps(hints)}' if hints else ""
+    path.write_text(
+        _LUA % {"bodies": bodies, "unique": "true" if unique else "false", "hints": hint_part},
+        encoding="utf-8",
+    )
+
+
+def texts_by_backend(metrics_text: str) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if line.startswith("llmclf_texts_total{"):
+            m = re.search(r'backend="([^"]*)"', line)
+            if m:
+                out[m.group(1)] = out.get(m.group(1), 0.0) + float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def diff(after: dict[str, float], before: dict[str, float]) -> dict[str, int]:
+    return {k: int(v - before.get(k, 0.0)) for k, v in after.items() if v - before.get(k, 0.0)}
+
+
+def load_texts(path: str | None, task_name: str, limit: int) -> list[str]:
+    """Texts from --texts (JSONL with "text", or one per line), else the task's eval set."""
+    if path is None:
+        from llmclf.datasets import load_eval_set
+
+        return [c.text for c in load_eval_set(task_name).cases][:limit]
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if line.startswith("{"):
+            out.append(str(json.loads(line)["text"]))
+        else:
+            out.append(line)
+    return out[:limit]
+
+
+class ServiceProcess:
+    """``llmclf serve`` in a subprocess on a free port."""
+
+    def __init__(self, router: str, extra: Sequence[str], log: Path) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = open(log, "w", encoding="utf-8")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "llmclf.cli.main", "serve", "--router", router,
+             "--port", str(self.port), *extra],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"the service exited with {self.proc.returncode}; see {self.log.name}"
+                )
+            try:
+                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        raise SystemExit(f"the service did not answer /healthz in {timeout:.0f} s")
+
+    def metrics(self) -> dict[str, float]:
+        return texts_by_backend(httpx.get(self.url + "/metrics", timeout=30).text)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self.log.close()
+
+
+def run_wrk(
+    url: str, script: Path, connections: int, threads: int, seconds: float
+) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        ["wrk", "-t", str(threads), "-c", str(connections), "-d", f"{seconds:.0f}s",
+         "--timeout", "30s", "-s", str(script), url],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wrk_result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate()
+    for line in out.splitlines():
+        if line.startswith("WRK_JSON "):
+            r = json.loads(line[len("WRK_JSON "):])
+            seconds = r["duration_us"] / 1e6
+            errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+            return {
+                "requests": r["requests"],
+                "texts_per_s": r["requests"] / seconds if seconds else 0.0,
+                "p50_ms": r["p50_us"] / 1000,
+                "p90_ms": r["p90_us"] / 1000,
+                "p99_ms": r["p99_us"] / 1000,
+                "max_ms": r["max_us"] / 1000,
+                "errors": errors,
+                "non_2xx": r["status"],
+                "socket_errors": errors - r["status"],
+            }
+    raise SystemExit(f"wrk printed no result:\n{out}")
+
+
+def fmt(r: dict[str, Any]) -> str:
+    return (
+        f"{r['texts_per_s']:8.1f} texts/s  p50 {r['p50_ms']:7.2f} ms  p99 {r['p99_ms']:7.2f} ms  "
+        f"max {r['max_ms']:8.1f} ms  requests {r['requests']:7d}  errors {r['errors']}"
+    )
+
+
+# -- load mode ------------------------------------------------------------------------------------
+def bench_load(args: argparse.Namespace) -> dict[str, Any]:
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed: apt-get install wrk")
+    from llmclf.router import Router
+
+    router = Router.from_yaml(args.router)  # for the task name and the student's name
+    task_name = router.task.name
+    cascade = router.config.cascade
+    student_name = cascade.student if cascade else None
+    router.close()
+    pool = load_texts(args.texts, task_name, args.max_texts)
+    work = Path(tempfile.mkdtemp(prefix="llmclf-bench-"))
+    serve_args = ["--log-level", "warning", "--max-in-flight", str(args.max_in_flight)]
+    if args.no_microbatch:
+        serve_args.append("--no-microbatch")
+    svc = ServiceProcess(args.router, serve_args, work / "service.log")
+    try:
+        svc.wait(args.startup_timeout)
+        # which texts does the router answer from the student? (the batch endpoint, once)
+        student_texts: list[str] = []
+        with httpx.Client(base_url=svc.url, timeout=600) as c:
+            for i in range(0, len(pool), 64):
+                resp = c.post("/v1/classify", json={"texts": pool[i : i + 64]})
+                resp.raise_for_status()
+                for text, p in zip(pool[i : i + 64], resp.json()["predictions"], strict=True):
+                    if student_name is None or p["backend"] == student_name:
+                        student_texts.append(text)
+            if not student_texts:
+                raise SystemExit("the router answered none of the texts from the student")
+            # warm the escalation path (e.g. start the embedded LLM server) before measuring
+            if student_name is not None:
+                c.post("/v1/classify", json={"text": pool[0] + " (warm-up)",
+                                             "hints": {"min_confidence": 1.0}})
+        print(f"service on {svc.url}; {len(student_texts)}/{len(pool)} texts answered by the "
+              f"student; {args.connections} connections, {args.duration:.0f} s per phase")
+        student_lua = work / "student.lua"
+        write_lua(student_lua, student_texts, unique=False, hints=None)
+        esc_lua = work / "escalate.lua"
+        write_lua(esc_lua, pool, unique=True, hints={"min_confidence": 1.0})
+
+        # warm-up
+        conns, threads = args.connections, args.threads
+        wrk_result(run_wrk(svc.url, student_lua, conns, threads, min(5, args.duration)))
+
+        before = svc.metrics()
+        alone = wrk_result(run_wrk(svc.url, student_lua, conns, threads, args.duration))
+        after_alone = svc.metrics()
+        print(f"student alone          {fmt(alone)}")
+        print(f"  answered by: {diff(after_alone, before)}")
+
+        result: dict[str, Any] = {
+            "router": args.router,
+            "connections": args.connections,
+            "duration_s": args.duration,
+            "student_alone": alone,
+            "answered_by_alone": diff(after_alone, before),
+        }
+        if student_name is not None and args.escalation_connections > 0:
+            esc_proc = run_wrk(svc.url, esc_lua, args.escalation_connections, 1, args.duration)
+            both = wrk_result(run_wrk(svc.url, student_lua, conns, threads, args.duration))
+            esc = wrk_result(esc_proc)
+            after_both = svc.metrics()
+            print(f"student, escalations   {fmt(both)}")
+            print(f"escalating requests    {fmt(esc)}")
+            print(f"  answered by: {diff(after_both, after_alone)}")
+            result.update(
+                student_with_escalations=both,
+                escalations=esc,
+                answered_by_both=diff(after_both, after_alone),
+                p99_ratio=both["p99_ms"] / alone["p99_ms"] if alone["p99_ms"] else math.nan,
+                p50_ratio=both["p50_ms"] / alone["p50_ms"] if alone["p50_ms"] else math.nan,
+            )
+            print(f"student p50 with/without escalations: {result['p50_ratio']:.2f}x, "
+                  f"p99: {result['p99_ratio']:.2f}x")
+        both_errors = result.get("student_with_escalations", {"errors": 0})["errors"]
+        checks = {
+            f">= {TARGETS['texts_per_s']:.0f} texts/s": alone["texts_per_s"]
+            >= TARGETS["texts_per_s"],
+            f"p99 < {TARGETS['p99_ms']:.0f} ms": alone["p99_ms"] < TARGETS["p99_ms"],
+            "0 errors": alone["errors"] == 0 and both_errors == 0,
+        }
+        result["targets"] = checks
+        for name, ok in checks.items():
+            print(f"  target {name}: {'met' if ok else 'NOT met'}")
+        return result
+    finally:
+        svc.stop()
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            print(f"kept {work}")
+
+
+# -- quality mode ---------------------------------------------------------------------------------
+def bench_quality(args: argparse.Namespace) -> dict[str, Any]:
+    import numpy as np
+
+    from llmclf.datasets import load_eval_set
+    from llmclf.router import Router
+
+    router = Router.from_yaml(args.router)
+    try:
+        cascade = router.config.cascade
+        if cascade is None:
+            raise SystemExit("--mode quality needs a router with a cascade")
+        es = load_eval_set(args.eval_set or router.task.name)
+        cases = list(es.cases)[: args.max_texts]
+        texts = [c.text for c in cases]
+        gold = [tuple(sorted(c.labels)) for c in cases]
+        student = router.backends[cascade.student]
+        teacher = router.backends[cascade.escalate_to]
+        t0 = time.perf_counter()
+        s_preds = [
+            p for i in range(0, len(texts), 64) for p in student.predict_batch(texts[i : i + 64])
+        ]
+        t_student = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        l_preds = [
+            p for i in range(0, len(texts), 16) for p in teacher.predict_batch(texts[i : i + 16])
+        ]
+        t_teacher = time.perf_counter() - t0
+        s_ok = np.array([tuple(sorted(p.labels)) == g for p, g in zip(s_preds, gold, strict=True)])
+        l_ok = np.array([tuple(sorted(p.labels)) == g for p, g in zip(l_preds, gold, strict=True)])
+        conf = np.array([p.confidence for p in s_preds])
+        thr = router.thresholds
+        op = np.array([
+            max((thr[lab] for lab in p.labels), default=max(thr.values())) for p in s_preds
+        ])
+        print(f"{es.name}: {len(texts)} cases; student {s_ok.mean():.3f} accuracy "
+              f"({t_student:.1f} s), {cascade.escalate_to} {l_ok.mean():.3f} ({t_teacher:.1f} s)")
+        print(f"{'threshold':>10} {'escalation':>11} {'accuracy':>9}")
+        grid = sorted({round(x, 2) for x in np.linspace(0.5, 1.0, 26)} | set(thr.values()))
+        curve = []
+        for t in grid:
+            esc = conf < t
+            acc = float(np.where(esc, l_ok, s_ok).mean())
+            curve.append({"threshold": t, "escalation_rate": float(esc.mean()), "accuracy": acc})
+        esc_op = conf < op
+        acc_op = float(np.where(esc_op, l_ok, s_ok).mean())
+        for row in curve:
+            mark = "  <- operating point" if row["threshold"] in thr.values() else ""
+            print(
+                f"{row['threshold']:>10.3f} {row['escalation_rate']:>11.3f} "
+                f"{row['accuracy']:>9.3f}{mark}"
+            )
+        print(f"operating point (router thresholds {thr}): escalation {esc_op.mean():.3f}, "
+              f"accuracy {acc_op:.3f}")
+
+        # the router itself, end to end
+        routed = router.predict_batch(texts)
+        r_ok = np.array([tuple(sorted(p.labels)) == g for p, g in zip(routed, gold, strict=True)])
+        by_student = float(np.mean([p.backend == cascade.student for p in routed]))
+        llm_calls = sum(1 for p in routed if cascade.escalate_to in p.route)
+        saved = 1.0 - llm_calls / len(texts)
+        print(f"router: accuracy {r_ok.mean():.3f} (LLM alone {l_ok.mean():.3f}), "
+              f"{by_student:.1%} answered by the student, {llm_calls} LLM calls vs "
+              f"{len(texts)} LLM-only ({saved:.1%} fewer)")
+        checks = {
+            "accuracy >= the LLM alone": bool(r_ok.mean() >= l_ok.mean()),
+            f">= {TARGETS['student_share']:.0%} answered by the student": by_student
+            >= TARGETS["student_share"],
+            f">= {TARGETS['llm_calls_saved']:.0%} fewer LLM calls": saved
+            >= TARGETS["llm_calls_saved"],
+        }
+        for name, ok in checks.items():
+            print(f"  target {name}: {'met' if ok else 'NOT met'}")
+        return {
+            "eval_set": es.name,
+            "n": len(texts),
+            "student_accuracy": float(s_ok.mean()),
+            "llm_accuracy": float(l_ok.mean()),
+            "curve": curve,
+            "operating_point": {"thresholds": thr, "escalation_rate": float(esc_op.mean()),
+                                "accuracy": acc_op},
+            "router_accuracy": float(r_ok.mean()),
+            "student_share": by_student,
+            "llm_calls": llm_calls,
+            "llm_calls_saved": saved,
+            "targets": checks,
+        }
+    finally:
+        router.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument("--router", default=str(REPO / "router.yaml"), help="router config YAML")
+    ap.add_argument("--mode", choices=("load", "quality", "all"), default="load")
+    ap.add_argument("--duration", type=float, default=60.0, help="seconds per load phase")
+    ap.add_argument(
+        "--connections", type=int, default=16,
+        help="student-stream connections (closed loop: mean latency = connections / throughput, "
+        "so 500 texts/s with p99 < 50 ms needs well under 25)",
+    )
+    ap.add_argument("--threads", type=int, default=1, help="wrk threads per stream")
+    ap.add_argument("--escalation-connections", type=int, default=4,
+                    help="connections sending escalating requests in phase 2 (0: skip it)")
+    ap.add_argument("--texts", help="texts to send (JSONL or one per line); default: the eval set")
+    ap.add_argument("--eval-set", help="eval set for --mode quality (default: the router's task)")
+    ap.add_argument("--max-texts", type=int, default=2000)
+    ap.add_argument("--max-in-flight", type=int, default=512)
+    ap.add_argument("--no-microbatch", action="store_true", help="serve without micro-batching")
+    ap.add_argument("--startup-timeout", type=float, default=300.0)
+    ap.add_argument("--json-out", help="also write the results as JSON here")
+    ap.add_argument("--keep", action="store_true", help="keep the work dir (Lua scripts, log)")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
+    results: dict[str, Any] = {}
+    if args.mode in ("quality", "all"):
+        results["quality"] = bench_quality(args)
+    if args.mode in ("load", "all"):
+        results["load"] = bench_load(args)
+    if args.json_out:
+        Path(args.json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,150 @@
+"""``llmclf review``: the human review queue the router fills with low-confidence answers.
+
+Example:
+    $ llmclf review list --task sst2
+    $ llmclf review label 7 positive
+    $ llmclf review export --task sst2 --out reviewed.jsonl   # gold for the next distill
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from llmclf.errors import ConfigError
+from llmclf.store import Store, open_store
+
+review_app = typer.Typer(
+    help="Review low-confidence predictions: list them, label them, export them as gold.",
+    no_args_is_help=True,
+)
+
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", help="SQLite store; default $LLMCLF_HOME/llmclf.db."),
+]
+
+
+def _store(path: Path | None) -> Store:
+    return open_store(path) if path is not None else open_store()
+
+
+def _task_info(row: dict[str, Any]) -> dict[str, Any]:
+    """The task's kind and labels as the router recorded them with the prediction."""
+    pred = row["prediction"]
+    info = pred.get("task") if isinstance(pred, dict) else None
+    if isinstance(info, dict) and info.get("labels"):
+        return info
+    labels = sorted((pred.get("scores") or {}).keys()) if isinstance(pred, dict) else []
+    return {"name": row["task"], "kind": None, "labels": labels}
+
+
+def _get_row(store: Store, review_id: int) -> dict[str, Any] | None:
+    for status in ("pending", "labelled"):
+        # review_list has no lookup by id; the queue is ordered by id, so scan by status
+        for row in store.review_list(status=status, limit=1_000_000):
+            if row["id"] == review_id:
+                return row
+    return None
+
+
+@review_app.command("list")
+def list_(
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task.")] = None,
+    status: Annotated[
+        str, typer.Option(help="pending, labelled or all.")
+    ] = "pending",
+    limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    store: StoreOpt = None,
+) -> None:
+    """List queued predictions (lowest id first)."""
+    if status not in ("pending", "labelled", "all"):
+        raise ConfigError(f"--status must be pending, labelled or all, not {status!r}")
+    rows = _store(store).review_list(
+        task=task, status=None if status == "all" else status, limit=limit
+    )
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"review queue ({status}): {len(rows)} rows")
+    for col in ("id", "task", "predicted", "conf", "route", "gold", "text"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        pred = row["prediction"]
+        table.add_row(
+            str(row["id"]),
+            row["task"],
+            ",".join(pred.get("labels") or []) or "-",
+            f"{float(pred.get('confidence') or 0.0):.2f}",
+            ">".join(pred.get("route") or []),
+            ",".join(row["gold"] or []) if row["gold"] else "",
+            row["text"][:120],
+        )
+    Console().print(table)
+
+
+@review_app.command("label")
+def label(
+    review_id: Annotated[int, typer.Argument(help="The row id (see `llmclf review list`).")],
+    labels: Annotated[list[str], typer.Argument(help="The gold label (several for multi-label).")],
+    store: StoreOpt = None,
+) -> None:
+    """Give a queued prediction its gold label(s)."""
+    st = _store(store)
+    row = _get_row(st, review_id)
+    if row is None:
+        raise ConfigError(f"no review row with id {review_id}")
+    info = _task_info(row)
+    valid = list(info["labels"])
+    unknown = [lab for lab in labels if lab not in valid]
+    if unknown:
+        raise ConfigError(
+            f"unknown label(s) {unknown} for task {row['task']!r}; valid: {', '.join(valid)}"
+        )
+    if info.get("kind") != "multilabel" and len(labels) != 1:
+        raise ConfigError(f"task {row['task']!r} takes exactly one label, got {len(labels)}")
+    gold = list(dict.fromkeys(labels))
+    st.review_label(review_id, gold)
+    typer.echo(f"review #{review_id}: labelled {', '.join(gold)}")
+
+
+@review_app.command("export")
+def export(
+    out: Annotated[Path, typer.Option("--out", "-o", help="JSONL file to write.")],
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task.")] = None,
+    store: StoreOpt = None,
+) -> None:
+    """Write labelled rows as a case file ({"id", "text", "label"|"labels"}), gold for distill."""
+    rows = _store(store).review_list(task=task, status="labelled", limit=10_000_000)
+    tasks = sorted({r["task"] for r in rows})
+    if len(tasks) > 1:
+        raise ConfigError(
+            f"labelled rows of several tasks ({', '.join(tasks)}): pick one with --task"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(out.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            gold = list(row["gold"] or [])
+            record: dict[str, Any] = {"id": f"review-{row['id']}", "text": row["text"]}
+            multi = _task_info(row).get("kind") == "multilabel" or len(gold) != 1
+            if multi:
+                record["labels"] = gold
+            else:
+                record["label"] = gold[0]
+            f.write(json.dumps(record, ensure_ascii=False) + "\n")
+    os.replace(tmp, out)
+    typer.echo(f"wrote {len(rows)} labelled rows to {out}")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(review_app, name="review")

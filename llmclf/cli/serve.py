@@ -1,0 +1,104 @@
+"""``llmclf serve``: the HTTP service (FastAPI on uvicorn) in front of one or more routers.
+
+Example:
+    $ llmclf serve --router router.yaml --port 8000
+    $ curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
+        -d '{"text": "a gorgeous, witty film"}'
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from llmclf.errors import ConfigError
+
+
+def serve(
+    router: Annotated[
+        list[Path],
+        typer.Option("--router", "-r", help="Router config YAML; repeat to serve several tasks."),
+    ],
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(
+            help="Environment variable holding the API key (several: comma-separated); "
+            "/v1/* then needs one in X-API-Key or Authorization: Bearer."
+        ),
+    ] = None,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option(help="Requests per second allowed per API key (per client without auth)."),
+    ] = None,
+    rate_burst: Annotated[
+        int | None, typer.Option(help="Burst size of the rate limit (default: the rate).")
+    ] = None,
+    max_batch: Annotated[int, typer.Option(help="Most texts in one request.")] = 256,
+    max_body_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 1_000_000,
+    max_in_flight: Annotated[
+        int, typer.Option(help="Requests answered at once; more get 503 + Retry-After.")
+    ] = 512,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="Micro-batching: longest wait for more texts.")
+    ] = 2.0,
+    micro_batch: Annotated[int, typer.Option(help="Micro-batching: largest batch.")] = 64,
+    no_microbatch: Annotated[
+        bool, typer.Option("--no-microbatch", help="Send each request on its own.")
+    ] = False,
+    store: Annotated[
+        Path | None,
+        typer.Option(help="SQLite store (cache, review queue); default $LLMCLF_HOME/llmclf.db."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /healthz, /metrics, /docs."""
+    import uvicorn
+
+    from llmclf.router import Router
+    from llmclf.service import ServiceSettings, create_app
+    from llmclf.store import open_store
+
+    keys: frozenset[str] = frozenset()
+    if api_key_env:
+        raw = os.environ.get(api_key_env, "")
+        keys = frozenset(k.strip() for k in raw.split(",") if k.strip())
+        if not keys:
+            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty")
+    settings = ServiceSettings(
+        api_keys=keys,
+        rate_limit_per_s=rate_limit,
+        rate_burst=rate_burst,
+        max_body_bytes=max_body_bytes,
+        max_batch_size=max_batch,
+        max_in_flight=max_in_flight,
+        microbatch=not no_microbatch,
+        microbatch_wait_ms=batch_wait_ms,
+        microbatch_max=micro_batch,
+    )
+    st = open_store(store) if store is not None else None
+    routers: list[Router] = []
+    try:
+        for path in router:
+            routers.append(Router.from_yaml(path, store=st))
+        app = create_app(routers, settings)
+    except BaseException:
+        for r in routers:
+            r.close()
+        raise
+    tasks = ", ".join(r.task.name for r in routers)
+    auth = f"; API key from ${api_key_env}" if keys else ""
+    typer.echo(
+        f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs{auth})", err=True
+    )
+    sys.stderr.flush()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("serve")(serve)

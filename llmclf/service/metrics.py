@@ -1,0 +1,222 @@
+"""Prometheus metrics of the service (``GET /metrics``), one registry per app.
+
+| metric | labels | what |
+|---|---|---|
+| ``llmclf_http_requests_total`` | endpoint, status | HTTP requests |
+| ``llmclf_http_request_duration_seconds`` | endpoint | request latency histogram |
+| ``llmclf_texts_total`` | task, backend | texts answered, by the backend that answered |
+| ``llmclf_backend_latency_seconds`` | task, backend | latency histogram of each backend call |
+| ``llmclf_backend_calls_total`` | task, backend, outcome | calls (``ok`` or an error kind) |
+| ``llmclf_escalations_total`` / ``llmclf_cascade_texts_total`` | task | cascade escalations |
+| ``llmclf_escalation_rate`` | task | escalations / cascade texts since start |
+| ``llmclf_shadow_agreement`` | task, backend | agreement over the shadow window |
+| ``llmclf_shadow_compared_total`` / ``llmclf_shadow_dropped_total`` | task | shadow traffic |
+| ``llmclf_cache_hits_total`` | task, backend | answers served from the response cache |
+| ``llmclf_errors_total`` | type | error bodies sent to clients, by type |
+| ``llmclf_provider_faults_total`` | task, backend, kind | LLM provider faults, retried or not |
+| ``llmclf_microbatch_size`` | task, backend | sizes of the micro-batches sent to a backend |
+| ``llmclf_review_queued_total`` | task | answers stored for human review |
+| ``llmclf_ab_texts_total`` / ``llmclf_ab_latency_seconds`` | task, arm | A/B arms |
+| ``llmclf_in_flight_requests`` | | requests being answered now |
+
+Example:
+    >>> m = ServiceMetrics()
+    >>> m.errors.labels(type="bad_input").inc()
+    >>> b"llmclf_errors_total" in m.render()
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from llmclf.errors import error_kind
+from llmclf.router import Router, RouterListener
+from llmclf.types import Prediction
+
+LATENCY_BUCKETS = (
+    0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class _RouterGauges(Collector):
+    """Computed at scrape time from the routers: escalation rate and shadow agreement."""
+
+    def __init__(self, routers: Iterable[Router]) -> None:
+        self.routers = list(routers)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        rate = GaugeMetricFamily(
+            "llmclf_escalation_rate",
+            "Share of cascade texts escalated past the student, since start",
+            labels=["task"],
+        )
+        agreement = GaugeMetricFamily(
+            "llmclf_shadow_agreement",
+            "Agreement of the answers with the shadow backend over the sliding window",
+            labels=["task", "backend"],
+        )
+        samples = GaugeMetricFamily(
+            "llmclf_shadow_window_samples",
+            "Shadow comparisons in the sliding window",
+            labels=["task", "backend"],
+        )
+        for r in self.routers:
+            stats = r.stats()
+            if stats.escalation_rate is not None:
+                rate.add_metric([r.task.name], stats.escalation_rate)
+            shadow = r.shadow_stats()
+            if shadow is not None:
+                samples.add_metric([r.task.name, shadow.backend], shadow.samples)
+                if shadow.agreement is not None:
+                    agreement.add_metric([r.task.name, shadow.backend], shadow.agreement)
+        yield rate
+        yield agreement
+        yield samples
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())
+
+
+class ServiceMetrics(RouterListener):
+    """All the service's metrics; also a `RouterListener` fed by every router it serves."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "llmclf_http_requests", "HTTP requests", ["endpoint", "status"], registry=r
+        )
+        self.http_latency = Histogram(
+            "llmclf_http_request_duration_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.texts = Counter(
+            "llmclf_texts", "Texts answered, by the backend that answered", ["task", "backend"],
+            registry=r,
+        )
+        self.backend_latency = Histogram(
+            "llmclf_backend_latency_seconds",
+            "Latency of each call to a backend",
+            ["task", "backend"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.backend_calls = Counter(
+            "llmclf_backend_calls", "Backend calls by outcome", ["task", "backend", "outcome"],
+            registry=r,
+        )
+        self.escalations = Counter(
+            "llmclf_escalations", "Cascade texts escalated past the student", ["task"], registry=r
+        )
+        self.cascade_texts = Counter(
+            "llmclf_cascade_texts", "Texts routed through the cascade", ["task"], registry=r
+        )
+        self.shadow_compared_total = Counter(
+            "llmclf_shadow_compared", "Shadow answers compared", ["task", "agreed"], registry=r
+        )
+        self.shadow_dropped_total = Counter(
+            "llmclf_shadow_dropped", "Shadow requests dropped (queue full)", ["task"], registry=r
+        )
+        self.cache_hits = Counter(
+            "llmclf_cache_hits", "Answers from the response cache", ["task", "backend"],
+            registry=r,
+        )
+        self.errors = Counter(
+            "llmclf_errors", "Error bodies sent to clients, by type", ["type"], registry=r
+        )
+        self.provider_faults = Counter(
+            "llmclf_provider_faults", "LLM provider faults seen (retried or not)",
+            ["task", "backend", "kind"], registry=r,
+        )
+        self.batch_size = Histogram(
+            "llmclf_microbatch_size",
+            "Texts per micro-batch sent to a backend",
+            ["task", "backend"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.review_queued = Counter(
+            "llmclf_review_queued", "Answers stored for human review", ["task"], registry=r
+        )
+        self.ab_texts = Counter(
+            "llmclf_ab_texts", "Texts per A/B arm", ["task", "arm", "outcome"], registry=r
+        )
+        self.ab_latency = Histogram(
+            "llmclf_ab_latency_seconds",
+            "Routing latency per A/B arm",
+            ["task", "arm"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.in_flight = Gauge(
+            "llmclf_in_flight_requests", "Requests being answered now", registry=r
+        )
+        self._routers: list[Router] = []
+        self._gauges = _RouterGauges(self._routers)
+        r.register(self._gauges)
+
+    def watch(self, router: Router) -> None:
+        """Listen to a router and expose its computed gauges."""
+        router.add_listener(self)
+        self._routers.append(router)
+        self._gauges.routers = self._routers
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition."""
+        return generate_latest(self.registry)
+
+    # -- RouterListener ---------------------------------------------------------------------------
+    def backend_call(
+        self, router: Router, backend: str, texts: int, seconds: float, error: BaseException | None
+    ) -> None:
+        task = router.task.name
+        self.backend_latency.labels(task, backend).observe(seconds)
+        outcome = "ok" if error is None else error_kind(error)
+        self.backend_calls.labels(task, backend, outcome).inc()
+
+    def routed(
+        self, router: Router, prediction: Prediction, *, arm: str | None, escalated: bool
+    ) -> None:
+        task = router.task.name
+        self.texts.labels(task, prediction.backend).inc()
+        if prediction.route and router.config.cascade is not None:
+            if prediction.route[0] == router.config.cascade.student:
+                self.cascade_texts.labels(task).inc()
+            if escalated:
+                self.escalations.labels(task).inc()
+        if prediction.cached:
+            self.cache_hits.labels(task, prediction.backend).inc()
+        if arm is not None:
+            self.ab_texts.labels(task, arm, "ok").inc()
+            self.ab_latency.labels(task, arm).observe(prediction.latency_ms / 1000.0)
+
+    def failed(self, router: Router, error: BaseException, texts: int, *, arm: str | None) -> None:
+        if arm is not None:
+            self.ab_texts.labels(router.task.name, arm, error_kind(error)).inc(texts)
+
+    def shadow_compared(self, router: Router, agreed: bool) -> None:
+        self.shadow_compared_total.labels(router.task.name, str(agreed).lower()).inc()
+
+    def shadow_dropped(self, router: Router) -> None:
+        self.shadow_dropped_total.labels(router.task.name).inc()
+
+    def reviewed(self, router: Router, prediction: Prediction) -> None:
+        self.review_queued.labels(router.task.name).inc()
