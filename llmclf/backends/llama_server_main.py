@@ -1,10 +1,12 @@
 """Entry point of the embedded server: ``python -m llmclf.backends.llama_server_main ARGS``.
 
-It is ``llama_cpp.server`` (same arguments, same OpenAI-compatible API) with one change: the
-token logprobs of a non-streamed completion are computed with numpy from the logits llama.cpp
-already produced. llama-cpp-python 0.3.x computes them by a Python ``sorted`` over the whole
-262k-token Gemma vocabulary for every generated token and a softmax over the full context's
-logits, which took 3.8 s of a 4.2 s call here; this takes about a millisecond.
+It is ``llama_cpp.server`` (same arguments, same OpenAI-compatible API) with two changes:
+
+- Token logprobs of a non-streamed completion come from the logits of each decoding step,
+  recorded as they are produced, so the server runs with ``logits_all`` off. With it on, every
+  prompt token is projected onto Gemma's 262k-token vocabulary and llama-cpp-python sorts that
+  vocabulary in Python for every generated token; that cost seconds per call on 2 cores.
+- Gemma 3's chat template is registered as ``gemma3`` (see `register_gemma3_chat_format`).
 """
 
 from __future__ import annotations
@@ -26,20 +28,33 @@ def _top_logprobs(logits: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def install_fast_logprobs() -> None:
-    """Patch ``Llama._create_completion`` so ``logprobs`` are computed with numpy."""
+    """Patch ``Llama`` so ``logprobs`` come from per-step logits, computed with numpy."""
     from llama_cpp import Llama
 
     original = Llama._create_completion
     if getattr(original, "_llmclf_fast", False):
         return
+    original_eval = Llama.eval
+
+    def eval_recording(self: Any, tokens: Any) -> None:
+        original_eval(self, tokens)
+        rows = getattr(self, "_llmclf_rows", None)
+        if rows is not None and not self._logits_all:
+            logits = np.ctypeslib.as_array(self._ctx.get_logits(), shape=(self._n_vocab,))
+            rows.append(logits.copy())
 
     def _create_completion(self: Any, prompt: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
         k = kwargs.get("logprobs")
-        if k is None or kwargs.get("stream") or kwargs.get("echo") or not self._logits_all:
+        if k is None or kwargs.get("stream") or kwargs.get("echo"):
             yield from original(self, prompt, *args, **kwargs)
             return
         kwargs["logprobs"] = None
-        results = list(original(self, prompt, *args, **kwargs))
+        self._llmclf_rows = []
+        try:
+            results = list(original(self, prompt, *args, **kwargs))
+            step_logits: list[np.ndarray] = self._llmclf_rows
+        finally:
+            self._llmclf_rows = None
         result = results[-1]
         usage = result["usage"]
         n_prompt = int(usage["prompt_tokens"])
@@ -58,10 +73,9 @@ def install_fast_logprobs() -> None:
         top_list: list[dict[str, float]] = []
         pos = 0
         for i, tok in enumerate(completion):
-            row_index = n_prompt - 1 + i
-            if row_index >= self._scores.shape[0]:
+            if i >= len(step_logits):
                 break
-            logprobs, top = _top_logprobs(self._scores[row_index], int(k))
+            logprobs, top = _top_logprobs(step_logits[i], int(k))
             prev = completion[:i]
             tok_str = self.detokenize([tok], prev_tokens=prev).decode("utf-8", errors="ignore")
             tops = {
@@ -86,10 +100,47 @@ def install_fast_logprobs() -> None:
 
     _create_completion._llmclf_fast = True  # type: ignore[attr-defined]
     Llama._create_completion = _create_completion  # type: ignore[method-assign]
+    Llama.eval = eval_recording  # type: ignore[method-assign]
+
+
+GEMMA3_CHAT_FORMAT = "gemma3"
+
+
+def register_gemma3_chat_format() -> None:
+    """Register Gemma 3's chat template as ``gemma3``.
+
+    The GGUF carries no chat template, so llama-cpp-python would fall back to Llama 2's
+    ``[INST]`` format, and its own ``gemma`` format drops the system message. Gemma 3 has no
+    system role: its template puts the system text at the top of the first user turn.
+    """
+    from llama_cpp import llama_chat_format as fmt
+
+    if GEMMA3_CHAT_FORMAT in fmt.LlamaChatCompletionHandlerRegistry()._chat_handlers:
+        return
+
+    @fmt.register_chat_format(GEMMA3_CHAT_FORMAT)
+    def format_gemma3(messages: list[Any], **kwargs: Any) -> Any:
+        system = "\n\n".join(str(m["content"]) for m in messages if m["role"] == "system")
+        prompt = "<bos>"
+        first_user = True
+        for m in messages:
+            role = m["role"]
+            if role == "system":
+                continue
+            content = str(m.get("content") or "")
+            if role == "user" and first_user and system:
+                content = f"{system}\n\n{content}"
+            if role == "user":
+                first_user = False
+            turn = "model" if role == "assistant" else "user"
+            prompt += f"<start_of_turn>{turn}\n{content}<end_of_turn>\n"
+        prompt += "<start_of_turn>model\n"
+        return fmt.ChatFormatterResponse(prompt=prompt, stop="<end_of_turn>", added_special=True)
 
 
 def main() -> None:
     install_fast_logprobs()
+    register_gemma3_chat_format()
     from llama_cpp.server.__main__ import main as server_main
 
     server_main()

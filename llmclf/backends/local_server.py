@@ -122,6 +122,18 @@ class LocalServer:
         with self._lock:
             if self._base_url and (self._proc is None or self._proc.poll() is None):
                 return self._base_url
+            if self._proc is not None and self._proc.poll() is not None:
+                # the server this process started has died: that spends the one restart
+                code = self._proc.returncode
+                self._proc = None
+                self._base_url = None
+                if self.restarts >= 1:
+                    raise LocalServerError(
+                        f"the embedded llama.cpp server died again (exit code {code}) after "
+                        f"being restarted once; log: {self.log_file}",
+                        backend="llm:local",
+                    )
+                self.restarts += 1
             with FileLock(str(self.dir / "server.lock"), timeout=START_TIMEOUT_S + 30):
                 st = self._read_state()
                 if st and _healthy(st["base_url"]):
@@ -165,12 +177,11 @@ class LocalServer:
             "--n_ctx", str(self.n_ctx),
             "--n_threads", str(self.threads),
             "--n_threads_batch", str(self.threads),
-            "--logits_all", "true",
+            "--logits_all", "false",
         ]  # fmt: skip
-        # By default the chat template inside the GGUF is used: Gemma 3's folds the system
-        # message into the first user turn (llama-cpp-python's "gemma" format drops it).
-        if os.environ.get("LLMCLF_LOCAL_CHAT_FORMAT"):
-            cmd += ["--chat_format", os.environ["LLMCLF_LOCAL_CHAT_FORMAT"]]
+        # Gemma 3's template (registered by llama_server_main): the GGUF carries none, and
+        # llama-cpp-python's "gemma" format drops the system message.
+        cmd += ["--chat_format", os.environ.get("LLMCLF_LOCAL_CHAT_FORMAT", "gemma3")]
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self._proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
