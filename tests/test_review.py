@@ -26,7 +26,9 @@ runner = CliRunner()
 
 @pytest.fixture
 def task() -> Task:
-    return Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
+    # the shipped task's threshold is tuned for Gemma; these tests script scores around 0.5
+    shipped = Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
+    return shipped.model_copy(update={"threshold": 0.5})
 
 
 @pytest.fixture

@@ -54,7 +54,7 @@ def eval_command(
         Path | None,
         typer.Option(
             "--pool",
-            help="Labelled few-shot pool (default for a few-shot prompt: the set's pool.jsonl).",
+            help="Labelled few-shot pool (default for a few-shot --prompt: the set's pool.jsonl).",
         ),
     ] = None,
     no_pool: Annotated[
@@ -131,7 +131,9 @@ def eval_command(
     few_shot_pool: Path | None = None
     if pool is not None:
         few_shot_pool = pool
-    elif not no_pool and backend.startswith("llm:"):
+    elif not no_pool and prompt is not None and backend.startswith("llm:"):
+        # an explicitly chosen few-shot prompt gets the set's pool; without --prompt the task
+        # is measured as configured, exactly as Classifier and the service run it
         few_shot_pool = default_pool(es, prompt)
 
     show_progress = sys.stderr.isatty() if progress is None else progress
