@@ -1,0 +1,205 @@
+"""The ``setfit:DIR`` backend: loading a distilled student, scores, runtimes, refusals."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sentence_transformers")
+pytest.importorskip("onnxruntime")
+
+from llmclf.backends.registry import make_backend
+from llmclf.backends.setfit import SetFitBackend
+from llmclf.classifier import Classifier
+from llmclf.distill import fit_head, save_student, train_student
+from llmclf.errors import ModelLoadError
+from llmclf.export import ParityError, export_student
+from llmclf.types import Task
+
+SST2 = Path("/work/shared/datasets/sst2")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _sst2_rows(split: str, n: int) -> list[dict[str, str]]:
+    path = SST2 / f"{split}.jsonl"
+    if not path.exists():
+        path = REPO / "eval_sets" / "sst2" / "cases.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return rows[:n]
+
+
+@pytest.fixture(scope="module")
+def sst2_task() -> Task:
+    return Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
+
+
+@pytest.fixture(scope="module")
+def student_dir(tmp_path_factory: pytest.TempPathFactory, sst2_task: Task) -> Path:
+    """A real head-only student (MiniLM body + LR head) with ONNX fp32 and int8 exports."""
+    rows = _sst2_rows("train", 48)
+    d = tmp_path_factory.mktemp("student") / "sst2"
+    student = train_student(
+        [r["text"] for r in rows], [[r["label"]] for r in rows], sst2_task,
+        mode="head-only", head_c=0.3,
+    )  # fmt: skip
+    save_student(student, sst2_task, d)
+    texts = [r["text"] for r in _sst2_rows("test", 24)]
+    results = export_student(d, texts, int8=True)
+    assert [r.runtime for r in results] == ["onnx", "int8"]
+    (d / "router.json").write_text(json.dumps({"escalation_threshold": 0.7}))
+    return d
+
+
+TEXTS = [
+    "a gorgeous , witty , seductive movie .",
+    "the film is strictly routine and dull .",
+    "an utterly charming and hilarious film",
+    "it 's a mess , a boring , incoherent mess .",
+]
+
+
+def test_scores_cover_every_label_and_sum_to_one(student_dir: Path, sst2_task: Task) -> None:
+    backend = SetFitBackend.load(student_dir, task=sst2_task)
+    assert backend.runtime == "int8"  # the int8 export is preferred when present
+    preds = backend.predict_batch(TEXTS)
+    assert len(preds) == len(TEXTS)
+    for p in preds:
+        assert set(p.scores) == {"negative", "positive"}
+        assert sum(p.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.score_source == "model"
+        assert p.backend == f"setfit:{student_dir}"
+        assert p.latency_ms > 0
+        # binary: the positive label is chosen when its score reaches the student's threshold
+        # (0.5, its own: the task's threshold calibrates the LLM teacher's scores)
+        expected = "positive" if p.scores["positive"] >= 0.5 else "negative"
+        assert p.labels == (expected,)
+    assert backend.escalation_threshold == 0.7
+    assert backend.threshold == 0.5
+
+
+def test_runtimes_agree_with_torch(student_dir: Path, sst2_task: Task) -> None:
+    torch_b = SetFitBackend(student_dir, task=sst2_task, runtime="torch")
+    onnx_b = SetFitBackend(student_dir, task=sst2_task, runtime="onnx")
+    int8_b = SetFitBackend(student_dir, task=sst2_task, runtime="int8")
+    ref = torch_b.score_matrix(TEXTS)
+    assert np.abs(onnx_b.score_matrix(TEXTS) - ref).max() < 1e-3
+    assert np.abs(int8_b.score_matrix(TEXTS) - ref).max() < 0.1
+    # one text at a time (no padding) gives the batch's scores
+    single = np.vstack([onnx_b.score_matrix([t]) for t in TEXTS])
+    assert np.abs(single - onnx_b.score_matrix(TEXTS)).max() < 1e-4
+    # a long batch is sorted by length and chunked; order is kept
+    many = [*TEXTS * 20]
+    assert np.abs(onnx_b.score_matrix(many)[: len(TEXTS)] - ref).max() < 1e-3
+
+
+def test_registry_spec_and_classifier(student_dir: Path, sst2_task: Task) -> None:
+    backend = make_backend(f"setfit:{student_dir}?runtime=torch", sst2_task)
+    assert isinstance(backend, SetFitBackend) and backend.runtime == "torch"
+    clf = Classifier(sst2_task, backend=f"setfit:{student_dir}")
+    labels = [p.label for p in clf.predict_many(TEXTS)]
+    assert len(labels) == 4 and set(labels) <= {"negative", "positive"}
+    with pytest.raises(ModelLoadError, match="unknown setfit option"):
+        make_backend(f"setfit:{student_dir}?temperature=0", sst2_task)
+
+
+def test_thread_safe(student_dir: Path, sst2_task: Task) -> None:
+    backend = SetFitBackend(student_dir, task=sst2_task)
+    expected = [p.scores for p in backend.predict_batch(TEXTS)]
+    results: list[list[dict[str, float]]] = []
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            for _ in range(10):
+                results.append([p.scores for p in backend.predict_batch(TEXTS)])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    assert len(results) == 40
+    assert all(r == expected for r in results)
+
+
+@pytest.mark.parametrize("bad", ["model_head.pkl", "body/pytorch_model.bin", "head.joblib"])
+def test_refuses_files_that_would_unpickle(
+    student_dir: Path, sst2_task: Task, tmp_path: Path, bad: str
+) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(student_dir, d)
+    (d / bad).write_bytes(b"\x80\x04K\x01.")  # a pickle
+    with pytest.raises(ModelLoadError, match=bad.rsplit("/", 1)[-1]):
+        SetFitBackend(d, task=sst2_task)
+
+
+def test_missing_or_incomplete_dir(student_dir: Path, sst2_task: Task, tmp_path: Path) -> None:
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        SetFitBackend(tmp_path / "nope", task=sst2_task)
+    d = tmp_path / "m"
+    shutil.copytree(student_dir, d)
+    (d / "head.json").unlink()
+    with pytest.raises(ModelLoadError, match=r"head\.json"):
+        SetFitBackend(d, task=sst2_task)
+    shutil.rmtree(d)
+    shutil.copytree(student_dir, d)
+    for f in ("model.onnx", "model.int8.onnx", "body/model.safetensors"):
+        (d / f).unlink()
+    with pytest.raises(ModelLoadError, match=r"model\.safetensors"):
+        SetFitBackend(d, task=sst2_task)
+
+
+def test_label_mismatch_with_task(student_dir: Path, topic_task: Task) -> None:
+    with pytest.raises(ModelLoadError, match="trained for labels"):
+        SetFitBackend(student_dir, task=topic_task)
+
+
+def test_task_read_from_dir(student_dir: Path) -> None:
+    backend = SetFitBackend(student_dir)
+    assert backend.task.name == "sst2"
+
+
+def test_multilabel_head_scores_are_independent(
+    student_dir: Path, tags_task: Task, tmp_path: Path
+) -> None:
+    d = tmp_path / "tags"
+    shutil.copytree(student_dir, d)
+    texts = ["so happy and surprised", "furious and angry", "what a surprise", "happy day"]
+    gold = [["joy", "surprise"], ["anger"], ["surprise"], ["joy"]]
+    emb = SetFitBackend(student_dir, runtime="onnx").embed(texts * 3).astype(np.float64)
+    head, _ = fit_head(emb, gold * 3, tags_task, c=10.0)
+    (d / "head.json").write_text(json.dumps(head.to_json()))
+    (d / "labels.json").write_text(json.dumps(list(tags_task.label_names)))
+    (d / "task.json").write_text(json.dumps(tags_task.model_dump(mode="json")))
+    backend = SetFitBackend(d, task=tags_task, runtime="onnx")
+    preds = backend.predict_batch(texts)
+    for p, g in zip(preds, gold, strict=True):
+        assert set(p.scores) == {"joy", "anger", "surprise"}
+        assert set(p.labels) == {k for k, v in p.scores.items() if v >= backend.threshold}
+        assert set(p.labels) == set(g)  # separable training data, fitted exactly
+    assert sum(preds[0].scores.values()) > 1.2  # sigmoids, not a softmax
+
+
+@pytest.mark.slow
+def test_int8_keeps_sensitive_matmuls_in_fp32_to_meet_a_tight_bound(
+    student_dir: Path, tmp_path: Path
+) -> None:
+    d = tmp_path / "m"
+    shutil.copytree(student_dir, d)
+    texts = [r["text"] for r in _sst2_rows("test", 32)]
+    results = export_student(d, texts, int8=True, int8_bound=0.002)
+    int8 = results[-1]
+    assert int8.runtime == "int8" and int8.passed and int8.max_diff <= 0.002
+    kept = json.loads((d / "int8_fp32_nodes.json").read_text())
+    assert len(kept) == int8.kept_fp32 >= 1
+    with pytest.raises(ParityError, match="int8 export fails the parity check"):
+        export_student(d, texts, int8=True, int8_bound=-1.0)
+    assert not (d / "model.int8.onnx").exists()  # a failed int8 export leaves no int8 file
