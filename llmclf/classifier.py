@@ -33,6 +33,13 @@ def validate_texts(texts: Sequence[str], max_chars: int) -> list[str]:
             raise InputTextError(f"text must be a string, got {type(text).__name__}", index=i)
         if not text.strip():
             raise InputTextError("text is empty", index=i)
+        if not text.isascii():
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError:
+                raise InputTextError(
+                    "text is not valid Unicode (lone surrogate)", index=i
+                ) from None
         if len(text) > max_chars:
             raise InputTextError(
                 f"text has {len(text)} characters, over the limit of {max_chars} "

@@ -322,6 +322,15 @@ def _label_error(value: Any, task: Task, name: str, line: int, field: str) -> Ta
     return TaskFileError(msg, path=name, line=line, field=field)
 
 
+def _is_unicode(text: str) -> bool:
+    """False for a string holding a lone surrogate (JSON ``"\\ud800"``): not encodable text."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _row_to_case(
     row: Any,
     line: int,
@@ -347,6 +356,11 @@ def _row_to_case(
         )
     if not text.strip():
         raise TaskFileError("text is empty or blank", path=name, line=line, field=text_field)
+    if not text.isascii() and not _is_unicode(text):
+        raise TaskFileError(
+            "text is not valid Unicode (a lone surrogate, e.g. an emoji cut in half)",
+            path=name, line=line, field=text_field,
+        )  # fmt: skip
 
     rid = row.get(id_field)
     if rid is not None:

@@ -98,7 +98,13 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 
 def _dumps(obj: Any) -> str:
-    return json.dumps(obj, sort_keys=True, ensure_ascii=False)
+    out = json.dumps(obj, sort_keys=True, ensure_ascii=False)
+    if not out.isascii():
+        try:
+            out.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate: SQLite cannot bind it, JSON can escape it
+            out = json.dumps(obj, sort_keys=True)
+    return out
 
 
 class Store:

@@ -135,12 +135,29 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
-def classify_provider_error(exc: BaseException, backend: str) -> tuple[ProviderError, bool]:
-    """Map a litellm/openai exception to (our typed error, whether retrying can help)."""
+def redact(text: str, secrets: Sequence[str | None]) -> str:
+    """``text`` with every secret value replaced by ``***`` (providers may echo the API key).
+
+    Example:
+        >>> redact("Incorrect API key provided: sk-abc123", ["sk-abc123"])
+        'Incorrect API key provided: ***'
+    """
+    for secret in secrets:
+        if secret and len(secret) >= 6:
+            text = text.replace(secret, "***")
+    return text
+
+
+def classify_provider_error(
+    exc: BaseException, backend: str, secrets: Sequence[str | None] = ()
+) -> tuple[ProviderError, bool]:
+    """Map a litellm/openai exception to (our typed error, whether retrying can help).
+
+    ``secrets`` (the API key) are removed from the message: some providers quote the key."""
     import litellm
 
     status = getattr(exc, "status_code", None)
-    msg = f"{type(exc).__name__}: {str(exc)[:500]}"
+    msg = f"{type(exc).__name__}: {redact(str(exc), secrets)[:500]}"
     if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
         return AuthError(msg, backend=backend, status_code=status), False
     if isinstance(exc, litellm.RateLimitError):
@@ -161,6 +178,70 @@ def classify_provider_error(exc: BaseException, backend: str) -> tuple[ProviderE
     return ProviderServerError(msg, backend=backend, status_code=status), True
 
 
+#: What `LLMBackend.on_fault` reports: the ``kind`` label of ``llmclf_provider_faults_total``.
+FAULT_KINDS = (
+    "rate_limit",  # 429 (Retry-After honoured)
+    "server_error",  # 5xx
+    "timeout",  # no answer within timeout_s
+    "connection",  # refused, or dropped mid-response
+    "empty_response",  # 200 with no choices, or a choice without content
+    "invalid_json",  # the answer is not JSON (re-asked)
+    "label_outside_set",  # JSON, but a label the task does not have (re-asked)
+    "invalid_output",  # JSON of the wrong shape (re-asked)
+    "auth",  # 401/403
+    "provider_error",  # another 4xx
+)
+
+
+def _is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a refused or dropped connection, not a timeout."""
+    import httpx
+    import openai
+
+    seen: set[int] = set()
+    cur: BaseException | None = exc
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, httpx.TimeoutException | openai.APITimeoutError):
+            return False
+        if isinstance(cur, httpx.TransportError | openai.APIConnectionError):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    # litellm reports a dropped connection as an InternalServerError("... Connection error.")
+    return "Connection error" in str(exc)
+
+
+def fault_kind(exc: BaseException, typed: ProviderError) -> str:
+    """The `FAULT_KINDS` entry for one failed provider call (finer than ``typed.kind``).
+
+    Example:
+        >>> fault_kind(ValueError("x"), RateLimitError("slow down"))
+        'rate_limit'
+    """
+    if isinstance(typed, ProviderServerError):
+        if typed.status_code == 200:
+            return "empty_response"
+        if _is_connection_error(exc):
+            return "connection"
+    return typed.kind
+
+
+def parse_fault_kind(exc: BaseException) -> str:
+    """The `FAULT_KINDS` entry for an answer that failed validation (and is re-asked)."""
+    errors: Any = getattr(exc, "errors", None)
+    types: set[str] = set()
+    if callable(errors):
+        try:
+            types = {str(e.get("type")) for e in errors()}
+        except Exception:
+            types = set()
+    if "json_invalid" in types or isinstance(exc, json.JSONDecodeError):
+        return "invalid_json"
+    if types & {"literal_error", "enum"}:
+        return "label_outside_set"
+    return "invalid_output"
+
+
 @dataclass
 class _CallLog:
     """What one classification spent across its provider calls, retries and re-asks."""
@@ -172,7 +253,8 @@ class _CallLog:
 class LLMBackend(Backend):
     """Classifies with a prompted LLM through litellm, validated by instructor."""
 
-    #: Called with (error_kind) for every provider fault seen, retried or not (service metrics).
+    #: Called with a `FAULT_KINDS` entry for every provider fault seen, retried or not, and for
+    #: every answer re-asked because it failed validation (the service counts them in /metrics).
     on_fault: Callable[[str], None] | None = None
 
     def __init__(
@@ -209,6 +291,10 @@ class LLMBackend(Backend):
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
+    def warm_up(self) -> None:
+        """Import litellm and instructor now (seconds), not on the first request."""
+        self._instructor()
+
     def _instructor(self) -> Any:
         with self._client_lock:
             if self._client is None:
@@ -220,7 +306,13 @@ class LLMBackend(Backend):
                 self._client = instructor.from_litellm(
                     self._completion, mode=instructor.Mode.JSON_SCHEMA
                 )
+                # every answer that fails validation (and is re-asked) is a fault too
+                self._client.on("parse:error", self._parse_fault)
             return self._client
+
+    def _parse_fault(self, error: Exception, **_: Any) -> None:
+        if self.on_fault is not None:
+            self.on_fault(parse_fault_kind(error))
 
     def _examples_for(self, text: str) -> list[Example]:
         if not self.template.spec.few_shot:
@@ -263,8 +355,20 @@ class LLMBackend(Backend):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     # -- the provider call (instructor calls this; retries provider faults with backoff) --------
-    def _completion(self, *args: Any, _log: _CallLog | None = None, **kwargs: Any) -> Any:
+    def _completion(
+        self, *args: Any, _log: _CallLog | None = None, _prompt_len: int = 0, **kwargs: Any
+    ) -> Any:
         import litellm
+
+        if self.config.api_key and len(kwargs.get("messages") or ()) > _prompt_len:
+            # re-ask turns quote the model's last answer: never send (or let a client library
+            # log) an API key that a provider echoed into it
+            kwargs["messages"] = [
+                {**m, "content": redact(m["content"], [self.config.api_key])}
+                if i >= _prompt_len and isinstance(m.get("content"), str)
+                else m
+                for i, m in enumerate(kwargs["messages"])
+            ]
 
         rf = kwargs.pop("response_format", None)
         if rf and self.config.response_format == "json_object_schema":
@@ -303,15 +407,15 @@ class LLMBackend(Backend):
                     _log.usage = _log.usage + self._usage_of(resp)
                 return resp
             except ProviderError as err:
-                typed, retryable = err, True
+                typed, retryable, kind = err, True, fault_kind(err, err)
             except Exception as exc:  # litellm/openai/httpx errors
-                typed, retryable = classify_provider_error(exc, self.name)
+                typed, retryable = classify_provider_error(exc, self.name, [self.config.api_key])
+                kind = fault_kind(exc, typed)
             if self.on_fault is not None:
-                self.on_fault(typed.kind)
+                self.on_fault(kind)
             if (
-                isinstance(typed, ProviderServerError)
+                kind == "connection"
                 and self._on_connection_failure is not None
-                and "Connection" in str(typed)
                 and not self._on_connection_failure()
             ):
                 raise LocalServerError(
@@ -329,7 +433,7 @@ class LLMBackend(Backend):
             )
             if isinstance(typed, RateLimitError) and typed.retry_after is not None:
                 delay = min(self.config.backoff_max_s, max(typed.retry_after, 0.0))
-            log.warning("%s: %s; retry %d in %.2fs", self.name, typed.kind, attempt, delay)
+            log.warning("%s: %s; retry %d in %.2fs", self.name, kind, attempt, delay)
             time.sleep(delay)
 
     def _usage_of(self, resp: Any) -> Usage:
@@ -365,6 +469,7 @@ class LLMBackend(Backend):
                 response_model=self.answer_model,
                 max_retries=self.config.max_reasks,
                 _log=call_log,
+                _prompt_len=len(messages),
                 **params,
             )
         except InstructorRetryException as exc:
@@ -380,11 +485,12 @@ class LLMBackend(Backend):
             if last is not None and getattr(last, "choices", None):
                 raw = last.choices[0].message.content
             last_error = exc.failed_attempts[-1].exception if exc.failed_attempts else exc
-            first_line = str(last_error).strip().splitlines()[-2:]
+            secrets = [self.config.api_key]
+            first_line = redact(str(last_error), secrets).strip().splitlines()[-2:]
             raise OutputValidationError(
                 f"output did not match the label schema after {exc.n_attempts} attempts "
                 f"({' '.join(first_line)[:300]})",
-                raw_output=raw,
+                raw_output=None if raw is None else redact(raw, secrets),
                 backend=self.name,
             ) from None
         reasks = max(0, call_log.calls - 1)

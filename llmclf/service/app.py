@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
@@ -167,6 +168,7 @@ class ErrorBody(BaseModel):
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody, "description": desc}
     for code, desc in {
+        400: "malformed request (a body that is not UTF-8 JSON, a bad Content-Length)",
         401: "missing or invalid API key",
         404: "unknown task",
         413: "body or batch over the limit",
@@ -397,6 +399,25 @@ def _hook_faults(backend: Backend, metrics: ServiceMetrics, task: str, name: str
         backend.on_fault = on_fault  # type: ignore[attr-defined]
 
 
+def _warm_up(backend: Backend, seen: set[int]) -> None:
+    """Call ``warm_up()`` on every backend that has one (inside routers and wrappers too)."""
+    if id(backend) in seen:
+        return
+    seen.add(id(backend))
+    inner = getattr(backend, "inner", None)
+    if isinstance(inner, Backend):
+        _warm_up(inner, seen)
+    if isinstance(backend, Router):
+        for b in backend.backends.values():
+            _warm_up(b, seen)
+    warm = getattr(backend, "warm_up", None)
+    if callable(warm):
+        try:
+            warm()
+        except Exception as exc:  # the first request will report it properly
+            log.warning("warm-up of %s failed: %s", backend.name, exc)
+
+
 def _batcher(
     backend: Backend, settings: ServiceSettings, metrics: ServiceMetrics, task: str, name: str
 ) -> MicroBatcher:
@@ -464,6 +485,10 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        # load what the backends load lazily (litellm, instructor: seconds) before the first
+        # request, not during it
+        for b in list(state.backends.values()):
+            await asyncio.to_thread(_warm_up, b, set())
         yield
         if close_backends:
             for b in state.backends.values():
@@ -494,9 +519,14 @@ def create_app(
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        type_ = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        type_ = {400: "bad_request", 404: "not_found", 405: "method_not_allowed"}.get(
+            exc.status_code, "http_error"
+        )
+        message = str(exc.detail)
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            message = "the body could not be parsed: it must be UTF-8 JSON"
         count_error(type_)
-        return error_response(exc.status_code, type_, str(exc.detail), exc.headers)
+        return error_response(exc.status_code, type_, message, exc.headers)
 
     @app.post(
         "/v1/classify",
@@ -516,14 +546,6 @@ def create_app(
             texts = validate_texts(texts, backend.task.max_text_chars)
         except ConfigError as exc:
             raise ApiError(422, "bad_input", str(exc)) from None
-        for i, t in enumerate(texts):
-            if not t.isascii():
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ApiError(
-                        422, "bad_input", f"input #{i}: text is not valid Unicode (lone surrogate)"
-                    ) from None
         hints = Hints(**body.hints.model_dump()) if body.hints is not None else None
         if state.in_flight >= settings.max_in_flight:
             raise ApiError(

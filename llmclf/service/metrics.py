@@ -13,7 +13,7 @@
 | ``llmclf_shadow_compared_total`` / ``llmclf_shadow_dropped_total`` | task | shadow traffic |
 | ``llmclf_cache_hits_total`` | task, backend | answers served from the response cache |
 | ``llmclf_errors_total`` | type | error bodies sent to clients, by type |
-| ``llmclf_provider_faults_total`` | task, backend, kind | LLM provider faults, retried or not |
+| ``llmclf_provider_faults_total`` | task, backend, kind | LLM faults by ``llm.FAULT_KINDS`` |
 | ``llmclf_microbatch_size`` | task, backend | sizes of the micro-batches sent to a backend |
 | ``llmclf_review_queued_total`` | task | answers stored for human review |
 | ``llmclf_ab_texts_total`` / ``llmclf_ab_latency_seconds`` | task, arm | A/B arms |
