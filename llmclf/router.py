@@ -399,13 +399,14 @@ class _ShadowRunner:
                 )
                 newly_below = warn and not self._warned
                 self._warned = warn
+                if newly_below:  # under the lock: stats() never shows a drop not yet logged
+                    log.warning(
+                        "router %s: shadow agreement with %s fell to %.3f over the last %d "
+                        "texts (below %.2f): the student may be drifting",
+                        self.router.name, self.cfg.backend, agreement, samples,
+                        self.cfg.warn_below,
+                    )  # fmt: skip
             self.router._emit("shadow_compared", self.router, agreed)
-            if newly_below:
-                log.warning(
-                    "router %s: shadow agreement with %s fell to %.3f over the last %d texts "
-                    "(below %.2f): the student may be drifting",
-                    self.router.name, self.cfg.backend, agreement, samples, self.cfg.warn_below,
-                )
 
     def stats(self) -> ShadowStats:
         with self._lock:

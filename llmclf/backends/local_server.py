@@ -80,7 +80,7 @@ class LocalServer:
     _shared: LocalServer | None = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, *, n_ctx: int = 2048, threads: int | None = None) -> None:
+    def __init__(self, *, n_ctx: int = 4096, threads: int | None = None) -> None:
         self.n_ctx = n_ctx
         self.threads = threads or max(1, os.cpu_count() or 1)
         self.dir = local_server_dir()
