@@ -106,3 +106,27 @@ def test_server_started_by_a_process_is_stopped_at_its_exit(model_file, tmp_path
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(int(pid), 0)
+
+
+def test_server_exits_when_its_owner_is_killed(model_file, tmp_path):
+    env = {**os.environ, "LLMCLF_LOCAL_MODEL": str(model_file), "LLMCLF_HOME": str(tmp_path)}
+    code = (
+        "import sys, time; from llmclf.backends.local_server import LocalServer;"
+        "s = LocalServer.shared(); s.ensure_running(); print(s.pid, flush=True); time.sleep(600)"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=REPO, env=env, stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    server_pid = int(owner.stdout.readline())
+    owner.kill()  # kill -9: no atexit handler runs
+    owner.wait()
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        try:
+            os.kill(server_pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+    os.kill(server_pid, signal.SIGKILL)
+    pytest.fail("the llama.cpp server outlived the process that started it")

@@ -7,10 +7,14 @@ It is ``llama_cpp.server`` (same arguments, same OpenAI-compatible API) with two
   prompt token is projected onto Gemma's 262k-token vocabulary and llama-cpp-python sorts that
   vocabulary in Python for every generated token; that cost seconds per call on 2 cores.
 - Gemma 3's chat template is registered as ``gemma3`` (see `register_gemma3_chat_format`).
+- The server exits when the process that started it dies (`exit_with_parent`).
 """
 
 from __future__ import annotations
 
+import os
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -138,9 +142,26 @@ def register_gemma3_chat_format() -> None:
         return fmt.ChatFormatterResponse(prompt=prompt, stop="<end_of_turn>", added_special=True)
 
 
+def exit_with_parent(poll_s: float = 1.0) -> None:
+    """Exit when the process that started the server dies, even by ``kill -9``.
+
+    The server runs in its own session (a Ctrl-C aimed at a CLI must not kill it mid-request),
+    so nothing else would stop it once its owner is gone.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(poll_s)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="llmclf-parent-watch", daemon=True).start()
+
+
 def main() -> None:
     install_fast_logprobs()
     register_gemma3_chat_format()
+    exit_with_parent()
     from llama_cpp.server.__main__ import main as server_main
 
     server_main()
