@@ -1,9 +1,9 @@
 """Student latency: sentence-transformers on torch vs ONNX fp32 vs ONNX int8, in one process.
 
 Measures the whole serving path of `SetFitBackend` (tokenize, body, pooling, head, Prediction
-objects) for each runtime of one student directory: single-text p50/p95 latency (texts one at a
-time, runtimes interleaved so background load hits them alike) and batched throughput
-(``predict_batch`` over all texts in batches). Prints ratios against the torch baseline and
+objects) for each runtime of one student directory, one runtime after the other: single-text
+p50/p95 latency (texts one at a time) and batched throughput (``predict_batch`` over all texts
+in batches). Prints ratios against the torch baseline and
 checks the targets of the distill issue (int8: single p50 <= 3 ms, batched >= 700 texts/s).
 
 Usage:
@@ -86,21 +86,19 @@ def main(argv: list[str] | None = None) -> int:
         parity = {
             name: float(np.abs(b.score_matrix(texts) - ref).max()) for name, b in backends.items()
         }
-        for b in backends.values():  # warm up
-            for t in single_texts[:20]:
+        # one runtime at a time: interleaving them lets one runtime's idle worker threads
+        # (ONNX Runtime and OpenMP spin after a call) steal the cores from the next one
+        single: dict[str, list[float]] = {name: [] for name in backends}
+        batched: dict[str, list[float]] = {name: [] for name in backends}
+        for name, b in backends.items():
+            for t in single_texts[:20]:  # warm up
                 b.predict_batch([t])
             b.predict_batch(texts[: args.batch_size])
-
-        single: dict[str, list[float]] = {name: [] for name in backends}
-        for t in single_texts:
-            for name, b in backends.items():
+            for t in single_texts:
                 t0 = time.perf_counter()
                 b.predict_batch([t])
                 single[name].append((time.perf_counter() - t0) * 1000)
-
-        batched: dict[str, list[float]] = {name: [] for name in backends}
-        for _ in range(args.repeats):
-            for name, b in backends.items():
+            for _ in range(args.repeats):
                 t0 = time.perf_counter()
                 for i in range(0, len(texts), args.batch_size):
                     b.predict_batch(texts[i : i + args.batch_size])

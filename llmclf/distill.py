@@ -73,6 +73,7 @@ from llmclf.datasets import EvalSet, load_cases, load_eval_set
 from llmclf.errors import BackendError, ConfigError, InputTextError, LLMClfError
 from llmclf.evaluate import EvalRun, evaluate, redact_spec
 from llmclf.export import FP32_BOUND, INT8_BOUND, ParityResult, export_student
+from llmclf.metrics import compute_metrics
 from llmclf.store import Store, open_store
 from llmclf.types import Prediction, Task, Usage
 from llmclf.unlabeled import TextItem, iter_texts
@@ -98,7 +99,7 @@ DEFAULT_MIN_PER_LABEL = 8
 #: Single-label classes are capped at this multiple of the smallest class.
 DEFAULT_BALANCE_RATIO = 3.0
 #: Texts of the parity check (eval texts first, then training texts).
-PARITY_TEXTS = 96
+PARITY_TEXTS = 192
 
 
 class DistillError(LLMClfError):
@@ -571,13 +572,13 @@ def choose_min_confidence(
             break
         acc = float(ok[kept].mean())
         if acc >= target:
-            return round(t, 6), (
+            return float(t), (
                 f"kept accuracy {acc:.3f} >= target {target:.3f} ({frac:.0%} of eval cases kept)"
             )
         if best is None or acc > best[0]:
             best = (acc, t, frac)
     if best is not None and best[0] > base:
-        return round(best[1], 6), (
+        return float(best[1]), (
             f"best kept accuracy {best[0]:.3f} (target {target:.3f} not reached; "
             f"{best[2]:.0%} of eval cases kept)"
         )
@@ -1005,7 +1006,7 @@ def calibrate_escalation(
     kept = conf >= chosen
     cascade = np.where(kept, s_ok, t_ok)
     return {
-        "escalation_threshold": round(float(chosen), 6),
+        "escalation_threshold": float(chosen),
         "teacher_accuracy": round(target, 6),
         "coverage": round(float(kept.mean()), 6),
         "student_accuracy_above": round(float(s_ok[kept].mean()), 6),
@@ -1187,8 +1188,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
     lines = [
         f"# {card['name']}: a distilled student for task `{card['task']['name']}`",
         "",
-        f"Written by `llmclf distill` on {card['created']}. Load it with the backend spec "
-        f"`setfit:{card['name']}` (e.g. `llmclf classify --backend setfit:PATH`).",
+        f"Written by `llmclf distill` on {card['created']}. Serve it with the backend spec "
+        f"`setfit:{card['path']}` (e.g. `llmclf classify --backend setfit:{card['path']} ...`).",
         "",
         "## Teacher",
         "",
@@ -1217,6 +1218,8 @@ def _card_markdown(card: dict[str, Any]) -> str:
         "",
         f"- body: `{student['body']}`, mode `{student['mode']}`, {student['steps']} contrastive "
         f"steps, head C={student['head_c']}, trained in {student['seconds']:.1f} s",
+        f"- decision threshold: {student['decision_threshold']} (the student's own; "
+        "see `head.json`)",
         "",
         "| runtime | file | max score difference vs torch | bound |",
         "|---|---|---|---|",
@@ -1472,6 +1475,7 @@ def distill(
         agree = agreement(student_preds, teacher_run.predictions) if teacher_run else None
         card: dict[str, Any] = {
             "name": out.name,
+            "path": str(out),
             "created": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "llmclf_version": _version(),
             "task": {
@@ -1512,6 +1516,7 @@ def distill(
                 "seconds": round(student.seconds, 3),
                 "head": student.head.kind,
                 "head_c": student.head_c,
+                "decision_threshold": student.head.threshold,
                 "seed": seed,
                 "dim": int(student.head.coef.shape[1]),
             },
@@ -1542,8 +1547,6 @@ def distill(
             student_latency_ms=student_latency,
         )
         if es is not None and teacher_run is not None:
-            from llmclf.metrics import compute_metrics
-
             student_metrics = compute_metrics(
                 t,
                 [c.labels for c in es.cases],

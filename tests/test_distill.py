@@ -33,6 +33,7 @@ from llmclf.distill import (
     distill,
     export_teacher_labels,
     gold_rows,
+    label_certainty,
     label_unlabeled,
     select_training_set,
 )
@@ -386,7 +387,10 @@ def test_export_labels_as_jsonl_and_dataset(
     rows = [json.loads(x) for x in path.read_text().splitlines()]
     assert [r["label"] for r in rows] == [r["label"] for r in TRAIN[:10]]
     assert all(set(r["scores"]) == {"negative", "positive"} for r in rows)
-    assert rows[0]["id"] == "u0" and rows[0]["confidence"] == pytest.approx(0.9, abs=0.01)
+    assert rows[0]["id"] == "u0"
+    assert rows[0]["confidence"] == pytest.approx(
+        label_certainty(sst2_task, [rows[0]["label"]], rows[0]["scores"]), abs=1e-6
+    )
     ds_dir = export_teacher_labels(labels.rows, sst2_task, tmp_path / "labels_ds")
     ds = datasets.load_from_disk(str(ds_dir))
     assert ds["label"] == [r["label"] for r in TRAIN[:10]]
@@ -534,13 +538,12 @@ def test_few_shot_pool_reaches_the_teacher_and_the_job_id(
 
 
 def test_binary_certainty_is_measured_from_the_task_threshold(sst2_task: Task) -> None:
-    from llmclf.distill import label_certainty
-
     tilted = sst2_task.model_copy(update={"threshold": 0.25})
     assert label_certainty(tilted, ["positive"], {"negative": 0.75, "positive": 0.25}) == 0.5
     assert label_certainty(tilted, ["negative"], {"negative": 1.0, "positive": 0.0}) == 1.0
     assert label_certainty(tilted, ["positive"], {"negative": 0.0, "positive": 1.0}) == 1.0
     # a "negative" at positive score 0.2 is close to the 0.25 threshold: not sure at all
-    assert label_certainty(tilted, ["negative"], {"negative": 0.8, "positive": 0.2}) == 0.6
+    near = label_certainty(tilted, ["negative"], {"negative": 0.8, "positive": 0.2})
+    assert near == pytest.approx(0.6)
     half = sst2_task.model_copy(update={"threshold": 0.5})
     assert label_certainty(half, ["negative"], {"negative": 0.8, "positive": 0.2}) == 0.8

@@ -146,7 +146,7 @@ class OnnxEncoder:
         body_dir: Path,
         *,
         threads: int | None = None,
-        chunk_size: int = 32,
+        chunk_size: int = 16,
     ) -> None:
         import onnxruntime as ort
         from tokenizers import Tokenizer
