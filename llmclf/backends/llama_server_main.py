@@ -6,7 +6,10 @@ It is ``llama_cpp.server`` (same arguments, same OpenAI-compatible API) with two
   recorded as they are produced, so the server runs with ``logits_all`` off. With it on, every
   prompt token is projected onto Gemma's 262k-token vocabulary and llama-cpp-python sorts that
   vocabulary in Python for every generated token; that cost seconds per call on 2 cores.
-- Gemma 3's chat template is registered as ``gemma3`` (see `register_gemma3_chat_format`).
+- Two chat formats are registered. ``plain`` (the default of ``llm:local``) lays the messages
+  out as plain text, the way a pretrained base model such as the packaged
+  ``google/gemma-3-270m`` reads documents; ``gemma3`` is Gemma 3's instruction-tuned template,
+  for ``-it`` GGUFs (see `register_chat_formats`).
 - The server exits when the process that started it dies (`exit_with_parent`).
 """
 
@@ -108,6 +111,46 @@ def install_fast_logprobs() -> None:
 
 
 GEMMA3_CHAT_FORMAT = "gemma3"
+PLAIN_CHAT_FORMAT = "plain"
+
+
+def render_plain(messages: list[Any]) -> str:
+    """Chat messages as one plain-text document, for a base (not instruction-tuned) model.
+
+    The system text comes first, then each turn on its own line; an assistant turn (a few-shot
+    answer) is followed by a blank line, so examples read as separate blocks, and the model
+    continues right after the last user turn.
+
+    >>> render_plain([{"role": "system", "content": "Classify."},
+    ...               {"role": "user", "content": "Text: a"},
+    ...               {"role": "assistant", "content": '{"label": "x"}'},
+    ...               {"role": "user", "content": "Text: b"}])
+    '<bos>Classify.\\n\\nText: a\\n{"label": "x"}\\n\\nText: b\\n'
+    """
+    system = "\n\n".join(str(m["content"]).strip() for m in messages if m["role"] == "system")
+    prompt = "<bos>" + (f"{system}\n\n" if system else "")
+    for m in messages:
+        content = str(m.get("content") or "").strip()
+        if m["role"] == "user":
+            prompt += f"{content}\n"
+        elif m["role"] == "assistant":
+            prompt += f"{content}\n\n"
+    return prompt
+
+
+def register_chat_formats() -> None:
+    """Register the ``plain`` and ``gemma3`` chat formats with llama-cpp-python."""
+    from llama_cpp import llama_chat_format as fmt
+
+    if PLAIN_CHAT_FORMAT not in fmt.LlamaChatCompletionHandlerRegistry()._chat_handlers:
+
+        @fmt.register_chat_format(PLAIN_CHAT_FORMAT)
+        def format_plain(messages: list[Any], **kwargs: Any) -> Any:
+            return fmt.ChatFormatterResponse(
+                prompt=render_plain(messages), stop="\n\n", added_special=True
+            )
+
+    register_gemma3_chat_format()
 
 
 def register_gemma3_chat_format() -> None:
@@ -160,7 +203,7 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 
 def main() -> None:
     install_fast_logprobs()
-    register_gemma3_chat_format()
+    register_chat_formats()
     exit_with_parent()
     from llama_cpp.server.__main__ import main as server_main
 

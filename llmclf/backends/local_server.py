@@ -179,9 +179,10 @@ class LocalServer:
             "--n_threads_batch", str(self.threads),
             "--logits_all", "false",
         ]  # fmt: skip
-        # Gemma 3's template (registered by llama_server_main): the GGUF carries none, and
-        # llama-cpp-python's "gemma" format drops the system message.
-        cmd += ["--chat_format", os.environ.get("LLMCLF_LOCAL_CHAT_FORMAT", "gemma3")]
+        # The packaged GGUF is the pretrained base model (google/gemma-3-270m, no chat template):
+        # it reads the prompt as a plain document best ("plain", registered by
+        # llama_server_main). "gemma3" is the instruction-tuned template, for -it GGUFs.
+        cmd += ["--chat_format", os.environ.get("LLMCLF_LOCAL_CHAT_FORMAT", "plain")]
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self._proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
