@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 pytest.importorskip("sentence_transformers")
@@ -492,6 +493,31 @@ def test_full_mode_fine_tunes_the_body_within_its_budget(
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["student"]["steps"] == 6
     assert SetFitBackend(tmp_path / "m").predict_batch(["fine"])[0].scores
+
+
+@pytest.mark.slow
+def test_end_to_end_mode_trains_body_and_head_together(
+    teacher: FakeProvider, data_dir: Path, sst2_task: Task, tmp_path: Path
+) -> None:
+    from sentence_transformers import SentenceTransformer
+
+    from llmclf.embeddings import default_body_path
+
+    result = distill(sst2_task, _spec(teacher), data_dir / "unlabelled.jsonl", tmp_path / "m",
+                     mode="end-to-end", epochs=2, int8=False, progress=False)  # fmt: skip
+    n_train = len(result.selection.rows)
+    assert result.mode == "end-to-end" and result.train_steps == 2 * -(-n_train // 32)
+    card = json.loads((tmp_path / "m" / "card.json").read_text())
+    assert card["student"]["epochs"] == 2 and card["student"]["head_c"] is None
+    # the body itself was trained: its embeddings moved away from the pretrained body's
+    texts = [r["text"] for r in TRAIN[:8]]
+    before = SentenceTransformer(str(default_body_path()), device="cpu").encode(texts)
+    after = SentenceTransformer(str(tmp_path / "m" / "body"), device="cpu").encode(texts)
+    assert float(np.abs(before - after).max()) > 1e-3
+    # the jointly trained head was exported like any other: ONNX matches torch
+    assert all(p["passed"] for p in card["export"]["parity"])
+    preds = SetFitBackend(tmp_path / "m").predict_batch(texts)
+    assert all(abs(sum(p.scores.values()) - 1) < 1e-6 for p in preds)
 
 
 def test_labelled_pool_and_eval_set_load(data_dir: Path) -> None:

@@ -11,6 +11,8 @@ It is ``llama_cpp.server`` (same arguments, same OpenAI-compatible API) with two
   ``google/gemma-3-270m`` reads documents; ``gemma3`` is Gemma 3's instruction-tuned template,
   for ``-it`` GGUFs (see `register_chat_formats`).
 - The server exits when the process that started it dies (`exit_with_parent`).
+- It lowers its own CPU priority by ``$LLMCLF_SERVER_NICE`` before it starts any thread, so
+  every llama.cpp thread runs below the process that uses it (see `LocalServer`).
 """
 
 from __future__ import annotations
@@ -110,6 +112,7 @@ def install_fast_logprobs() -> None:
     Llama.eval = eval_recording  # type: ignore[method-assign]
 
 
+NICE_ENV = "LLMCLF_SERVER_NICE"
 GEMMA3_CHAT_FORMAT = "gemma3"
 PLAIN_CHAT_FORMAT = "plain"
 
@@ -201,7 +204,15 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
     threading.Thread(target=watch, name="llmclf-parent-watch", daemon=True).start()
 
 
+def lower_priority() -> None:
+    """``os.nice($LLMCLF_SERVER_NICE)``, before any thread exists (threads inherit it)."""
+    raw = os.environ.get(NICE_ENV, "").strip()
+    if raw and int(raw) > 0:
+        os.nice(int(raw))
+
+
 def main() -> None:
+    lower_priority()
     install_fast_logprobs()
     register_chat_formats()
     exit_with_parent()

@@ -28,6 +28,7 @@ from typing import Any
 import httpx
 from filelock import FileLock
 
+from llmclf.backends.llama_server_main import NICE_ENV
 from llmclf.errors import LocalServerError
 from llmclf.paths import local_server_dir
 
@@ -74,15 +75,34 @@ def _healthy(base_url: str, timeout: float = 1.0) -> bool:
         return False
 
 
+def _env_int(name: str) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise LocalServerError(
+            f"environment variable {name}={raw!r} is not an integer", backend="llm:local"
+        ) from None
+
+
 class LocalServer:
     """Owns (or reuses) one llama.cpp server process for the embedded model."""
 
     _shared: LocalServer | None = None
     _shared_lock = threading.Lock()
 
-    def __init__(self, *, n_ctx: int = 4096, threads: int | None = None) -> None:
+    def __init__(
+        self, *, n_ctx: int = 4096, threads: int | None = None, nice: int | None = None
+    ) -> None:
         self.n_ctx = n_ctx
-        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.threads = threads or _env_int("LLMCLF_LOCAL_THREADS") or max(1, os.cpu_count() or 1)
+        # The LLM runs at a lower CPU priority than the process that uses it, so on a small
+        # machine a service's student answers are not slowed by escalations or shadow calls:
+        # the LLM gets whatever CPU the service leaves (all of it when the service is idle).
+        env_nice = _env_int("LLMCLF_LOCAL_NICE")
+        self.nice = nice if nice is not None else (env_nice if env_nice is not None else 10)
         self.dir = local_server_dir()
         self.state_file = self.dir / "server.json"
         self.log_file = self.dir / "server.log"
@@ -186,7 +206,7 @@ class LocalServer:
         log = open(self.log_file, "ab")  # noqa: SIM115 - handed to the child process
         self._proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,
+            start_new_session=True, env={**os.environ, NICE_ENV: str(self.nice)},
         )  # fmt: skip
         base_url = f"http://127.0.0.1:{port}/v1"
         deadline = time.monotonic() + START_TIMEOUT_S
