@@ -25,7 +25,7 @@ $L eval --eval-set sst2 --backend llm:local --limit "$EVAL" --html out/teacher.h
 
 echo "== 3. distill $TEXTS teacher-labelled texts into a SetFit student"
 $L distill --task sst2 --teacher llm:local --unlabeled eval_sets/sst2/unlabeled.jsonl \
-  --limit "$TEXTS" --eval-set sst2 --out models/sst2 --mode end-to-end --force
+  --limit "$TEXTS" --eval-set sst2 --out models/sst2 --mode end-to-end --int8-bound 0.2 --force
 
 echo "== 4. evaluate the student"
 $L eval --eval-set sst2 --backend setfit:models/sst2 --limit "$EVAL" --html out/student.html

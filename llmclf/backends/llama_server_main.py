@@ -17,10 +17,12 @@ It is ``llama_cpp.server`` (same arguments, same OpenAI-compatible API) with two
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -207,8 +209,14 @@ def exit_with_parent(poll_s: float = 1.0) -> None:
 def lower_priority() -> None:
     """``os.nice($LLMCLF_SERVER_NICE)``, before any thread exists (threads inherit it)."""
     raw = os.environ.get(NICE_ENV, "").strip()
-    if raw and int(raw) > 0:
-        os.nice(int(raw))
+    if not raw or int(raw) <= 0:
+        return
+    os.nice(int(raw))
+    # With Linux's autogroup scheduling (on by default on desktops and many servers), this
+    # process's new session is a scheduling group of its own that competes with its parent's
+    # group as an equal whatever the threads' nice value: lower the group's priority too.
+    with contextlib.suppress(OSError):
+        Path("/proc/self/autogroup").write_text(f"{min(19, int(raw))}\n")
 
 
 def main() -> None:

@@ -121,6 +121,14 @@ def distill_command(
     int8: Annotated[
         bool, typer.Option("--int8/--no-int8", help="Also write model.int8.onnx.")
     ] = True,
+    int8_bound: Annotated[
+        float,
+        typer.Option(
+            help="Largest score difference allowed between model.int8.onnx and torch on the "
+            "parity texts; MatMuls that drift most stay fp32 until it holds. A sharp "
+            "(end-to-end) head needs more of them in fp32: a looser bound is faster.",
+        ),
+    ] = 0.05,
     force: Annotated[bool, typer.Option(help="Replace an existing --out directory.")] = False,
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Teacher prompt template.")
@@ -170,6 +178,7 @@ def distill_command(
         max_steps=max_steps,
         max_seconds=max_seconds,
         epochs=epochs,
+        int8_bound=int8_bound,
         min_confidence=min_confidence,
         balance_ratio=balance_ratio or None,
         max_per_label=max_per_label,
