@@ -89,6 +89,12 @@ def finetune_end_to_end(
         raise DistillError("epochs and batch_size must be >= 1")
     if not texts:
         raise DistillError("no training examples")
+    steps_per_epoch = (len(texts) + batch_size - 1) // batch_size
+    total = epochs * steps_per_epoch
+    if max_steps is not None:
+        total = min(total, max_steps)
+    if total < 1:
+        raise DistillError(f"max_steps={max_steps}: end-to-end training needs at least one step")
     torch.manual_seed(seed)
     rng = random.Random(seed)
     y = _targets(task, label_sets)
@@ -96,10 +102,6 @@ def finetune_end_to_end(
     dim_of = getattr(body, "get_embedding_dimension", None) or body.get_sentence_embedding_dimension
     dim = int(dim_of())
     head = torch.nn.Linear(dim, len(task.label_names))
-    steps_per_epoch = (len(texts) + batch_size - 1) // batch_size
-    total = epochs * steps_per_epoch
-    if max_steps is not None:
-        total = min(total, max(0, max_steps))
     opt = torch.optim.AdamW(
         [
             {"params": [p for p in body.parameters() if p.requires_grad], "lr": body_lr},
@@ -122,9 +124,8 @@ def finetune_end_to_end(
         while step < total:
             rng.shuffle(order)
             for i in range(0, len(order), batch_size):
-                if step >= total or (
-                    max_seconds is not None and time.monotonic() - start >= max_seconds
-                ):
+                out_of_time = max_seconds is not None and time.monotonic() - start >= max_seconds
+                if step >= total or (step > 0 and out_of_time):
                     total = step
                     break
                 batch = order[i : i + batch_size]
