@@ -289,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--duration", type=float, default=600.0, help="soak seconds (default 600)")
     ap.add_argument("--measure", type=float, default=30.0, help="max-throughput seconds")
-    ap.add_argument("--ramp-s", type=float, default=15.0,
+    ap.add_argument("--ramp-s", type=float, default=30.0,
                     help="seconds per open-loop ramp step (0: max = the closed-loop rate)")
     ap.add_argument("--warmup", type=float, default=10.0, help="warm-up seconds (not counted)")
     ap.add_argument("--load", type=float, default=0.8, help="share of the max throughput")
