@@ -85,6 +85,9 @@ def test_server_is_reused_and_restarted_once_after_being_killed(server):
     assert server.pid == pid, "a second classifier must reuse the running server"
     # the LLM runs below our priority, so a service's student answers keep their CPU
     assert os.getpriority(os.PRIO_PROCESS, pid) - os.getpriority(os.PRIO_PROCESS, 0) == 10
+    autogroup = Path(f"/proc/{pid}/autogroup")  # its own session: lowered as a group too
+    if autogroup.exists():
+        assert autogroup.read_text().split()[-1] == "10", autogroup.read_text()
     os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     pred = second.predict("the best film of the year")
