@@ -4,7 +4,9 @@ For each set: the zero-shot template (label descriptions) and the few-shot templ
 task's static examples plus 4 dynamic examples from the set's pool (nearest by embedding,
 balanced across labels). For AG News and TREC it also runs the `minimal` template (label names
 only, no descriptions) and few-shot with static examples only, to show what descriptions, static
-and dynamic examples each add. Prints a markdown table: accuracy, macro F1, ECE, p50 latency.
+and dynamic examples each add. Every set also runs `compact` (one instruction line with the label
+names) and `compact_few_shot` with the same examples. Prints a markdown table: accuracy, macro F1,
+ECE, p50 latency.
 
     .venv/bin/python benchmarks/bench_prompts.py [--limit 100] [--sets sst2,trec]
 """
@@ -42,6 +44,8 @@ def main() -> None:
             variants.append(("few-shot, static examples", "few_shot", None))
         pool = str(es.pool_path) if es.pool_path else None
         variants.append(("few-shot, static + 4 dynamic", "few_shot", pool))
+        variants.append(("compact (names, one line)", "compact", None))
+        variants.append(("compact few-shot, static + 4 dynamic", "compact_few_shot", pool))
         for title, prompt, few_shot_pool in variants:
             t0 = time.perf_counter()
             run = evaluate(
