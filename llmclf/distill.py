@@ -282,29 +282,11 @@ class _LabelProgress:
         self._stack = contextlib.ExitStack()
         if not enabled:
             return
-        from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            MofNCompleteColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from llmclf.progress import open_bar
 
-        self._bar = self._stack.enter_context(
-            Progress(
-                TextColumn("[bold]{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TextColumn("ETA"),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[stats]}"),
-                console=Console(stderr=True),
-            )
+        self._bar, self._tid = open_bar(
+            self._stack, label, total=total, done=done, stats=self._stats()
         )
-        self._tid = self._bar.add_task(label, total=total, completed=done, stats=self._stats())
 
     def _stats(self) -> str:
         cost = "-" if self.cost is None else f"${self.cost:.4f}"

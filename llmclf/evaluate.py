@@ -29,6 +29,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -54,6 +55,7 @@ from llmclf.errors import (
     error_kind,
 )
 from llmclf.metrics import ABSTAINED, ERRORED, LOWER_IS_BETTER, compute_metrics
+from llmclf.progress import open_bar
 from llmclf.prompts import PromptTemplate
 from llmclf.store import Store, open_store
 from llmclf.types import Prediction, Task
@@ -197,26 +199,8 @@ def _progress(enabled: bool, total: int, done: int, label: str) -> Iterator[Call
     if not enabled:
         yield lambda: None
         return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-
-    with Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=Console(stderr=True),
-        transient=False,
-    ) as bar:
-        tid = bar.add_task(label, total=total, completed=done)
+    with contextlib.ExitStack() as stack:
+        bar, tid = open_bar(stack, label, total=total, done=done)
         yield lambda: bar.advance(tid)
 
 
