@@ -332,6 +332,21 @@ def test_no_half_written_dir_when_the_export_fails(
     assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
+def test_an_int8_model_over_its_bound_is_left_out_not_the_student(
+    teacher: FakeProvider, data_dir: Path, sst2_task: Task, tmp_path: Path
+) -> None:
+    out = tmp_path / "m"
+    # an impossible int8 bound: the trained student is kept, served by the fp32 ONNX model
+    result = distill(sst2_task, _spec(teacher), data_dir / "unlabelled.jsonl", out,
+                     mode="head-only", int8_bound=-1.0, progress=False)  # fmt: skip
+    assert (out / "model.onnx").exists() and not (out / "model.int8.onnx").exists()
+    assert [(p["runtime"], p["passed"]) for p in result.parity] == [("onnx", True), ("int8", False)]
+    assert any("int8 export left out" in w for w in result.warnings)
+    assert "left out: over the bound" in (out / "README.md").read_text()
+    assert SetFitBackend(out).runtime == "onnx"
+    assert not _leftovers(out.parent, out.name)
+
+
 def test_empty_unlabelled_file(
     teacher: FakeProvider, sst2_task: Task, tmp_path: Path
 ) -> None:

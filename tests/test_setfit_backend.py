@@ -18,7 +18,7 @@ from llmclf.backends.setfit import SetFitBackend
 from llmclf.classifier import Classifier
 from llmclf.distill import fit_head, save_student, train_student
 from llmclf.errors import ModelLoadError
-from llmclf.export import ParityError, export_student
+from llmclf.export import ParityError, export_student, weight_matmuls
 from llmclf.types import Task
 
 SST2 = Path("/work/shared/datasets/sst2")
@@ -203,3 +203,8 @@ def test_int8_keeps_sensitive_matmuls_in_fp32_to_meet_a_tight_bound(
     with pytest.raises(ParityError, match="int8 export fails the parity check"):
         export_student(d, texts, int8=True, int8_bound=-1.0)
     assert not (d / "model.int8.onnx").exists()  # a failed int8 export leaves no int8 file
+    # before giving up, every weight MatMul was tried in fp32
+    results = export_student(d, texts, int8=True, int8_bound=-1.0, skip_failed_int8=True)
+    assert [r.runtime for r in results] == ["onnx", "int8"] and not results[-1].passed
+    assert results[-1].kept_fp32 == len(weight_matmuls(d / "model.onnx"))
+    assert not (d / "model.int8.onnx").exists()
