@@ -302,6 +302,8 @@ def test_resume_after_kill_9(data_dir: Path, tmp_path: Path, llmclf_home: Path) 
         # the re-run asked only for the labels that were not stored
         assert len(fp.chat_requests) - n_before == N_TEXTS - cached
         assert summary["n_new_labels"] == N_TEXTS - kept
+        # --quiet: no bars at all, Hugging Face's per-file ones included
+        assert "Loading weights" not in rerun.stderr.decode()
     assert summary["n_labelled"] == N_TEXTS
     assert store.count("teacher_labels") == N_TEXTS  # no duplicates
     assert (out / "model.onnx").is_file() and not _leftovers(out.parent, out.name)

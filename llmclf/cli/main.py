@@ -9,9 +9,15 @@ from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 
 import typer
+
+# Hugging Face's own per-file bars ("Loading weights", "Writing model shards") would interleave
+# with llmclf's progress bars on every model load; llmclf draws the bars that matter. Set before
+# transformers is imported (it reads the flag once); an explicit user setting wins.
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 
 from llmclf.errors import LLMClfError
 
