@@ -6,11 +6,12 @@ kept: the teacher labels them, and gold labels are never used for training.
 
 SST-2's train rows are phrases cut from the parse trees of train sentences (median 7 words,
 many fragments such as ", and motorcycles"), while the eval cases are whole sentences (median
-19). A student learns the teacher best on texts like the ones it will see, so only sentence-like
+19). Training texts should look like the traffic the student will serve, so only sentence-like
 rows are kept: at least ``--min-words`` words, and not contained in a longer candidate (a phrase
 of a sentence that is itself a candidate). That leaves about 4,100 texts, median 18 words.
 
     python scripts/build_unlabeled.py [--n 2000] [--min-words 10] [--datasets ../shared/datasets]
+                                      [--out eval_sets/sst2/unlabeled.jsonl]
 """
 
 from __future__ import annotations
@@ -42,8 +43,10 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=2000, help="texts to sample (at most all)")
     ap.add_argument("--min-words", type=int, default=10, help="0 keeps every row")
     ap.add_argument("--datasets", type=Path, default=REPO.parent / "shared" / "datasets")
+    ap.add_argument("--out", type=Path, help="default: eval_sets/sst2/unlabeled.jsonl")
     args = ap.parse_args()
     es = REPO / "eval_sets" / "sst2"
+    out = args.out or es / "unlabeled.jsonl"
     exclude = {json.loads(line)["text"] for line in (es / "pool.jsonl").open()}
     exclude |= {json.loads(line)["text"] for line in (es / "cases.jsonl").open()}
     task = yaml.safe_load((es / "task.yaml").read_text())
@@ -57,10 +60,10 @@ def main() -> None:
     if args.min_words:
         candidates = _drop_sub_phrases(candidates)
     picked = sorted(random.Random(0).sample(candidates, min(args.n, len(candidates))))
-    with (es / "unlabeled.jsonl").open("w") as f:
+    with out.open("w") as f:
         for i, text in picked:
             f.write(json.dumps({"id": f"sst2-train-{i:05d}", "text": text}) + "\n")
-    print(f"wrote {len(picked)} texts to {es / 'unlabeled.jsonl'}")
+    print(f"wrote {len(picked)} texts to {out}")
 
 
 if __name__ == "__main__":

@@ -145,3 +145,31 @@ def test_build_script_reproduces_the_shipped_files(tmp_path: Path) -> None:
             assert (out / name / f).read_bytes() == (SHIPPED_EVAL_SETS / name / f).read_bytes(), (
                 f"{name}/{f} differs from a fresh build: run python scripts/build_eval_sets.py"
             )
+
+
+@needs_shared
+def test_unlabelled_sst2_texts_are_sentence_like_train_rows(tmp_path: Path) -> None:
+    """``sst2/unlabeled.jsonl`` (for distill) rebuilds byte for byte: real train rows, labels
+    dropped, >= 10 words, no row inside another, none of the cases, pool or static examples."""
+    out = tmp_path / "unlabeled.jsonl"
+    subprocess.run(
+        [sys.executable, str(REPO / "scripts" / "build_unlabeled.py"), "--out", str(out),
+         "--datasets", str(SHARED)],
+        check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    shipped = SHIPPED_EVAL_SETS / "sst2" / "unlabeled.jsonl"
+    assert out.read_bytes() == shipped.read_bytes(), "run python scripts/build_unlabeled.py"
+    rows = [json.loads(line) for line in shipped.open(encoding="utf-8")]
+    with open(SHARED / "sst2" / "train.jsonl", encoding="utf-8") as f:
+        train = [json.loads(line) for line in f]
+    texts = [r["text"] for r in rows]
+    assert len(texts) == len(set(texts)) == 2000
+    for r in rows:
+        assert set(r) == {"id", "text"}  # no gold label travels with the text
+        assert train[int(r["id"].rsplit("-", 1)[1])]["text"] == r["text"]
+        assert len(r["text"].split()) >= 10
+    assert not any(a in b for a in texts for b in texts if a != b)
+    es = load_eval_set("sst2")
+    held_out = {c.text for c in es.cases} | {c.text for c in es.load_pool()}
+    held_out |= {ex.text for ex in es.task.examples}
+    assert not held_out & set(texts)
