@@ -44,6 +44,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmclf.errors import TaskFileError
+from llmclf.task_refs import SHIPPED_EVAL_SETS, is_name
 from llmclf.types import ABSTAIN, Task
 
 if TYPE_CHECKING:
@@ -63,7 +64,6 @@ __all__ = [
 ]
 
 #: The eval sets shipped in the repository (``<repo>/eval_sets``).
-SHIPPED_EVAL_SETS = Path(__file__).resolve().parent.parent / "eval_sets"
 
 _CASE_FILES = ("cases.jsonl", "cases.csv", "cases.tsv", "cases.parquet")
 _FORMATS = {
@@ -524,10 +524,6 @@ def load_cases(
     return _build_cases(rows, task, where, *fields)
 
 
-def _looks_like_path(ref: str) -> bool:
-    return "/" in ref or os.sep in ref or ref.startswith(".") or ref.endswith((".yaml", ".yml"))
-
-
 def list_eval_sets(*roots: Path) -> list[str]:
     """Names of the eval sets (dirs holding a ``task.yaml``) under ``./eval_sets`` and the shipped
     ones, or under ``roots`` when given.
@@ -563,7 +559,7 @@ def load_eval_set(ref: str | os.PathLike[str]) -> EvalSet:
         task_path, d = p, p.parent
     elif p.is_dir():
         d = p
-    elif isinstance(ref, str) and not _looks_like_path(ref_str):
+    elif isinstance(ref, str) and is_name(ref_str):
         candidates = [Path.cwd() / "eval_sets" / ref_str, SHIPPED_EVAL_SETS / ref_str]
         found = next((c for c in candidates if (c / "task.yaml").is_file()), None)
         if found is None:

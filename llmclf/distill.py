@@ -72,11 +72,19 @@ from llmclf.backends.registry import make_backend, parse_spec
 from llmclf.backends.setfit import ONNX_FP32, ONNX_INT8, Head, SetFitBackend, refuse_pickles
 from llmclf.classifier import validate_texts
 from llmclf.datasets import EvalSet, load_cases, load_eval_set
-from llmclf.errors import BackendError, ConfigError, InputTextError, LLMClfError
-from llmclf.evaluate import EvalRun, evaluate, redact_spec
+from llmclf.errors import (
+    BackendError,
+    ConfigError,
+    DistillError,
+    InputTextError,
+    TeacherError,
+)
+from llmclf.evaluate import EvalRun, evaluate
+from llmclf.redaction import redact_spec
 from llmclf.export import FP32_BOUND, INT8_BOUND, ParityResult, export_student
 from llmclf.metrics import compute_metrics
 from llmclf.store import Store, open_store
+from llmclf.task_refs import load_task
 from llmclf.types import Prediction, Task, Usage
 from llmclf.unlabeled import TextItem, iter_texts
 
@@ -103,14 +111,6 @@ DEFAULT_MIN_PER_LABEL = 8
 DEFAULT_BALANCE_RATIO = 3.0
 #: Texts of the parity check (eval texts first, then training texts).
 PARITY_TEXTS = 192
-
-
-class DistillError(LLMClfError):
-    """Distillation cannot go on: no usable teacher labels, or too few labels to train on."""
-
-
-class TeacherError(DistillError):
-    """The teacher failed on some texts; the labels it gave are saved and a re-run resumes."""
 
 
 # --------------------------------------------------------------------------- teacher labels
@@ -976,10 +976,6 @@ def _write_json(path: Path, obj: Any) -> None:
 # --------------------------------------------------------------------------- calibration
 
 
-def _correct(pred: Prediction | None, gold: Sequence[str]) -> bool:
-    return pred is not None and not pred.abstained and set(pred.labels) == set(gold)
-
-
 def calibrate_escalation(
     student: Sequence[Prediction],
     golds: Sequence[Sequence[str]],
@@ -996,8 +992,8 @@ def calibrate_escalation(
     """
     n = len(golds)
     conf = np.asarray([p.confidence for p in student], dtype=float)
-    s_ok = np.asarray([_correct(p, g) for p, g in zip(student, golds, strict=True)])
-    t_ok = np.asarray([_correct(p, g) for p, g in zip(teacher, golds, strict=True)])
+    s_ok = np.asarray([(p is not None and p.matches(g)) for p, g in zip(student, golds, strict=True)])
+    t_ok = np.asarray([(p is not None and p.matches(g)) for p, g in zip(teacher, golds, strict=True)])
     target = float(t_ok.mean()) if n else 0.0
     chosen: float | None = None
     for t in sorted(set(conf.tolist())):
@@ -1176,22 +1172,13 @@ def _resolve_task(task: Task | str | Path | None, es: EvalSet | None) -> Task:
         if es is None:
             raise ConfigError("give a task (--task) or an eval set (--eval-set)")
         return es.task
-    t = task if isinstance(task, Task) else _task_from_ref(task)
+    t = load_task(task)
     if es is not None and tuple(es.task.label_names) != tuple(t.label_names):
         raise ConfigError(
             f"the eval set {es.name!r} has labels {list(es.task.label_names)} but the task "
             f"{t.name!r} has {list(t.label_names)}"
         )
     return t
-
-
-def _task_from_ref(ref: str | Path) -> Task:
-    p = Path(ref)
-    if p.is_dir():
-        p = p / "task.yaml"
-    if p.exists():
-        return Task.from_yaml(p)
-    return load_eval_set(str(ref)).task
 
 
 def _parity_texts(eval_texts: Sequence[str], train_texts: Sequence[str]) -> list[str]:
@@ -1390,7 +1377,7 @@ def distill(
             pairs = [
                 (
                     label_certainty(t, p.labels, p.scores) if not p.abstained else 0.0,
-                    _correct(p, c.labels),
+                    (p is not None and p.matches(c.labels)),
                 )
                 for p, c in zip(teacher_run.predictions, teacher_run.cases, strict=True)
                 if p is not None

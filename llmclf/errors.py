@@ -5,6 +5,7 @@ LLMClfError
  ├── ConfigError                 bad user input found before any work is done
  │    ├── TaskFileError          a task/prompt/eval-set/router file is invalid (file, line, field)
  │    ├── BackendSpecError       an unknown backend spec (lists the valid forms)
+ │    ├── UnknownBackendHint     ``Hints.backend`` names a backend the router does not have
  │    └── InputTextError         empty text, or text over the length limit (index of the input)
  ├── BackendError                a backend failed to answer
  │    ├── ProviderError          the LLM provider failed (after retries)
@@ -15,7 +16,12 @@ LLMClfError
  │    ├── OutputValidationError  the model's output never matched the label schema (raw output kept)
  │    ├── LocalServerError       the embedded llama.cpp server could not start or died
  │    ├── ModelLoadError         a distilled model directory cannot be loaded (or would unpickle)
+ │    ├── BackendTimeout         a router's backend did not answer in time (or within the budget)
  │    └── AllBackendsFailed      a router's every backend failed (each failure listed)
+ ├── DistillError                distillation cannot go on (no usable labels, too few to train)
+ │    └── TeacherError           the teacher failed on some texts (what it gave is kept; re-run)
+ ├── ExportError                 the ONNX export or quantization failed
+ │    └── ParityError            an exported model's scores differ from torch's beyond the bound
  └── StoreError                  the SQLite store is unusable
 ```
 
@@ -83,6 +89,10 @@ class InputTextError(ConfigError):
         self.index = index
         where = f"input #{index}: " if index is not None else ""
         super().__init__(f"{where}{message}")
+
+
+class UnknownBackendHint(ConfigError):
+    """``Hints.backend`` names a backend the router does not have."""
 
 
 class StoreError(LLMClfError):
@@ -174,6 +184,39 @@ class AllBackendsFailed(BackendError):
         self.failures = failures
         detail = "; ".join(f"{name}: {type(e).__name__}: {e}" for name, e in failures.items())
         super().__init__(f"all backends failed: {detail}")
+
+
+class BackendTimeout(BackendError):
+    """A backend did not answer within the router's timeout (or the request's latency budget)."""
+
+    kind = "timeout"
+
+
+class DistillError(LLMClfError):
+    """Distillation cannot go on: no usable teacher labels, or too few labels to train on."""
+
+
+class TeacherError(DistillError):
+    """The teacher failed on some texts; the labels it gave are saved and a re-run resumes."""
+
+
+class ExportError(LLMClfError):
+    """The ONNX export or quantization failed."""
+
+
+class ParityError(ExportError):
+    """An exported model's scores differ from the torch model's by more than the bound.
+
+    ``result`` is the `llmclf.export.ParityResult` (runtime, max_diff, n_texts, bound).
+    """
+
+    def __init__(self, result: Any) -> None:
+        self.result = result
+        super().__init__(
+            f"{result.runtime} export fails the parity check: max score difference "
+            f"{result.max_diff:.3g} over {result.n_texts} texts exceeds the bound {result.bound:g}"
+            + (" (try --no-int8)" if result.runtime == "int8" else "")
+        )
 
 
 def error_kind(exc: BaseException) -> str:

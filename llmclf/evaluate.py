@@ -32,8 +32,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import os
-import re
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -41,10 +39,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 from llmclf.backends.base import Backend
-from llmclf.backends.registry import parse_spec
 from llmclf.classifier import Classifier
 from llmclf.datasets import Case, EvalSet
 from llmclf.errors import (
@@ -57,6 +53,7 @@ from llmclf.errors import (
 from llmclf.metrics import ABSTAINED, ERRORED, LOWER_IS_BETTER, compute_metrics
 from llmclf.progress import open_bar
 from llmclf.prompts import PromptTemplate
+from llmclf.redaction import redact, redact_spec, secrets_of_spec
 from llmclf.store import Store, open_store
 from llmclf.types import Prediction, Task
 
@@ -71,7 +68,6 @@ __all__ = [
     "latest_run_id",
     "load_run",
     "per_label_rows",
-    "redact_spec",
     "regression_check",
 ]
 
@@ -99,9 +95,6 @@ _LOWER_BETTER_NAMES = LOWER_IS_BETTER | {
     "latency_p50_ms", "latency_p95_ms", "total_tokens", "cost_usd",
 }  # fmt: skip
 
-_SECRET_OPTION = re.compile(r"(^|_)(api_?key|key|secret|token|password)$", re.IGNORECASE)
-
-
 # --------------------------------------------------------------------------------- the run
 
 
@@ -127,36 +120,6 @@ class EvalRun:
     @property
     def golds(self) -> list[tuple[str, ...]]:
         return [c.labels for c in self.cases]
-
-
-def redact_spec(spec: str) -> str:
-    """The backend spec without secret options (``api_key=...`` and the like).
-
-    Example:
-        >>> redact_spec("llm:openai/gpt-4o-mini?api_key=sk-123&temperature=0")
-        'llm:openai/gpt-4o-mini?temperature=0'
-    """
-    kind, target, options = parse_spec(spec)
-    kept = {k: v for k, v in options.items() if not _SECRET_OPTION.search(k)}
-    return f"{kind}:{target}" + (f"?{urlencode(kept, safe=':/')}" if kept else "")
-
-
-def _secrets_of(spec: str | None) -> list[str]:
-    """Secret values that must never reach the store: from the spec and ``LLMCLF_API_KEY``."""
-    values = []
-    if spec is not None:
-        _, _, options = parse_spec(spec)
-        values = [v for k, v in options.items() if _SECRET_OPTION.search(k) and v]
-    env_key = os.environ.get("LLMCLF_API_KEY")
-    if env_key:
-        values.append(env_key)
-    return [v for v in values if len(v) >= 4]
-
-
-def _scrub(message: str, secrets: Sequence[str]) -> str:
-    for value in secrets:
-        message = message.replace(value, "***")
-    return message
 
 
 def _cases_hash(cases: Sequence[Case]) -> str:
@@ -238,7 +201,7 @@ def evaluate(
     store = store or open_store()
 
     options: dict[str, Any] = {}
-    secrets = _secrets_of(None if isinstance(backend, Backend) else backend)
+    secrets = secrets_of_spec(None if isinstance(backend, Backend) else backend)
     if isinstance(backend, Backend):
         if prompt is not None or few_shot_pool is not None:
             raise ConfigError(
@@ -331,7 +294,7 @@ def evaluate(
             except (BackendError, InputTextError) as exc:
                 if len(idx) > 1:  # find which text failed: ask one by one
                     return [r for i in idx for r in work([i])]
-                message = _scrub(str(exc), secrets)[:2000]
+                message = redact(str(exc), secrets)[:2000]
                 return [(idx[0], None, {"kind": error_kind(exc), "message": message})]
 
         pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llmclf-eval")
@@ -496,10 +459,6 @@ def _outcome(pred: Prediction | None) -> list[str]:
     return list(pred.labels)
 
 
-def _correct(gold: Sequence[str], pred: Prediction | None) -> bool:
-    return pred is not None and not pred.abstained and set(pred.labels) == set(gold)
-
-
 def compare_runs(a: EvalRun | str, b: EvalRun | str, *, store: Store | None = None) -> dict:
     """What changed from run ``a`` (before) to run ``b`` (after): metric deltas, per-label F1
     deltas and the flipped cases (the answer changed; ``change`` is ``fixed``, ``broken`` or
@@ -547,7 +506,8 @@ def compare_runs(a: EvalRun | str, b: EvalRun | str, *, store: Store | None = No
         before, after = _outcome(pa), _outcome(pb)
         if sorted(before) == sorted(after):
             continue
-        ca, cb = _correct(case.labels, pa), _correct(case.labels, pb)
+        ca = pa is not None and pa.matches(case.labels)
+        cb = pb is not None and pb.matches(case.labels)
         change = "fixed" if cb and not ca else "broken" if ca and not cb else "changed"
         flipped.append(
             {

@@ -34,29 +34,13 @@ from typing import Any
 import numpy as np
 
 from llmclf.backends.setfit import ONNX_FP32, ONNX_INT8, SetFitBackend
-from llmclf.errors import LLMClfError
+from llmclf.errors import ExportError, ParityError
 
 #: Default bounds on the largest label-score difference from torch, per runtime.
 FP32_BOUND = 1e-3
 INT8_BOUND = 0.05
 
 log = logging.getLogger("llmclf.export")
-
-
-class ExportError(LLMClfError):
-    """The ONNX export or quantization failed."""
-
-
-class ParityError(ExportError):
-    """An exported model's scores differ from the torch model's by more than the bound."""
-
-    def __init__(self, result: ParityResult) -> None:
-        self.result = result
-        super().__init__(
-            f"{result.runtime} export fails the parity check: max score difference "
-            f"{result.max_diff:.3g} over {result.n_texts} texts exceeds the bound {result.bound:g}"
-            + (" (try --no-int8)" if result.runtime == "int8" else "")
-        )
 
 
 @dataclass(frozen=True)

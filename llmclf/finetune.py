@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from llmclf.backends.setfit import Head
-from llmclf.distill import DistillError
+from llmclf.errors import DistillError
 from llmclf.types import Task
 
 #: Defaults of the ``end-to-end`` mode.

@@ -456,7 +456,7 @@ def _multilabel(
     pred_sets = [() if p is None or p.abstained else p.labels for p in preds]
     yp = _indicator(pred_sets, labels)
     correct = [
-        p is not None and not p.abstained and set(p.labels) == set(g)
+        p is not None and p.matches(g)
         for g, p in zip(golds, preds, strict=True)
     ]
     prec, rec, f1, sup = skm.precision_recall_fscore_support(y, yp, zero_division=0)

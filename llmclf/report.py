@@ -211,7 +211,7 @@ def coverage(curve: Sequence[dict[str, Any]] | None) -> dict[str, Any] | None:
 def _worst_errors(run: EvalRun, n: int) -> list[dict[str, Any]]:
     wrong: list[dict[str, Any]] = []
     for case, pred in zip(run.cases, run.predictions, strict=True):
-        if pred is None or pred.abstained or set(pred.labels) == set(case.labels):
+        if pred is None or pred.abstained or pred.matches(case.labels):
             continue
         order = {lab: i for i, lab in enumerate(run.task.label_names)}
         top = sorted(pred.scores.items(), key=lambda kv: (-kv[1], order.get(kv[0], 0)))[:3]

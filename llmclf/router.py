@@ -77,8 +77,16 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmclf.backends.base import Backend, Hints
 from llmclf.backends.registry import make_backend, parse_spec
-from llmclf.errors import AllBackendsFailed, BackendError, ConfigError, TaskFileError
+from llmclf.errors import (
+    AllBackendsFailed,
+    BackendError,
+    BackendTimeout,
+    ConfigError,
+    TaskFileError,
+    UnknownBackendHint,
+)
 from llmclf.store import Store, open_store
+from llmclf.task_refs import find_task_file, task_candidates
 from llmclf.types import Prediction, Task, Usage
 from llmclf.yamlfile import _line_for, _line_index, load_model_from_yaml_text
 
@@ -88,16 +96,6 @@ log = logging.getLogger("llmclf.router")
 CASCADE_ARM = "cascade"
 
 _NAME_PATTERN = r"^[A-Za-z0-9_.\-]+$"
-
-
-class BackendTimeout(BackendError):
-    """A backend did not answer within the router's timeout (or the request's latency budget)."""
-
-    kind = "timeout"
-
-
-class UnknownBackendHint(ConfigError):
-    """``Hints.backend`` names a backend the router does not have."""
 
 
 # -- config model ---------------------------------------------------------------------------------
@@ -459,33 +457,6 @@ class _Portal:
 
 
 # -- config resolution ----------------------------------------------------------------------------
-def _shipped_eval_sets() -> Path:
-    return Path(__file__).resolve().parent.parent / "eval_sets"
-
-
-def resolve_task_ref(ref: str, base_dir: Path) -> Path:
-    """A task file from a path (relative to ``base_dir``) or an eval-set name.
-
-    Example:
-        >>> resolve_task_ref("sst2", Path("."))                          # doctest: +SKIP
-        PosixPath('eval_sets/sst2/task.yaml')
-    """
-    p = Path(ref).expanduser()
-    candidates = [p] if p.is_absolute() else [base_dir / p]
-    if not p.is_absolute() and "/" not in ref and not ref.endswith((".yaml", ".yml")):
-        candidates += [
-            base_dir / "eval_sets" / ref,
-            Path.cwd() / "eval_sets" / ref,
-            _shipped_eval_sets() / ref,
-        ]
-    for c in candidates:
-        if c.is_file():
-            return c
-        if c.is_dir() and (c / "task.yaml").is_file():
-            return c / "task.yaml"
-    raise FileNotFoundError(", ".join(str(c) for c in candidates))
-
-
 def _resolve_spec(spec: str, base_dir: Path) -> str:
     """Make a ``setfit:``/``router:`` path relative to the config file's directory."""
     kind, target, _ = parse_spec(spec)
@@ -676,10 +647,11 @@ class Router(Backend):
                 raise where.error(("task",), "no task: name a task.yaml path or an eval-set name")
             return task
         try:
-            task_path = resolve_task_ref(config.task, base)
-        except FileNotFoundError as exc:
+            task_path = find_task_file(config.task, base)
+        except TaskFileError:
+            candidates = ", ".join(str(c) for c in task_candidates(config.task, base))
             raise where.error(
-                ("task",), f"task {config.task!r} not found (looked at {exc})"
+                ("task",), f"task {config.task!r} not found (looked at {candidates})"
             ) from None
         loaded = Task.from_yaml(task_path)
         if task is not None and (

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -225,6 +226,17 @@ class Prediction(BaseModel):
             # multi-label: the least sure of the chosen labels
             return min(self.scores.get(lab, 0.0) for lab in self.labels)
         return max(self.scores.values())
+
+    def matches(self, gold: Sequence[str] | str) -> bool:
+        """True when this answer is the gold answer: same labels, not abstained.
+
+        Example:
+            >>> Prediction(labels=("positive",), scores={"positive": 0.9, "negative": 0.1},
+            ...            score_source="logprobs", backend="x").matches(["positive"])
+            True
+        """
+        golds = {gold} if isinstance(gold, str) else set(gold)
+        return not self.abstained and set(self.labels) == golds
 
     def to_json_dict(self) -> dict[str, Any]:
         """A flat JSON-ready dict, as the CLI and the service print it."""

@@ -39,7 +39,7 @@ from llmclf.distill import (
     select_training_set,
 )
 from llmclf.errors import ConfigError, TaskFileError
-from llmclf.export import ParityError
+from llmclf.errors import ParityError
 from llmclf.prompts import PromptTemplate
 from llmclf.store import Store, open_store
 from llmclf.testing.fake_provider import FakeProvider, Fault

@@ -18,7 +18,8 @@ from typer.testing import CliRunner
 from llmclf.cli.main import app
 from llmclf.datasets import load_eval_set
 from llmclf.errors import ConfigError, StoreError
-from llmclf.evaluate import compare_runs, evaluate, latest_run_id, load_run, redact_spec
+from llmclf.evaluate import compare_runs, evaluate, latest_run_id, load_run
+from llmclf.redaction import redact_spec
 from llmclf.store import Store, open_store
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from tests.conftest import REPO

@@ -18,7 +18,8 @@ import pytest
 from llmclf.backends.base import Backend, Hints
 from llmclf.classifier import Classifier
 from llmclf.errors import AllBackendsFailed, BackendError, TaskFileError
-from llmclf.router import BackendTimeout, Router, RouterListener, UnknownBackendHint
+from llmclf.errors import BackendTimeout, UnknownBackendHint
+from llmclf.router import Router, RouterListener
 from llmclf.store import Store
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.types import Prediction, Task

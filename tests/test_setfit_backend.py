@@ -18,7 +18,8 @@ from llmclf.backends.setfit import SetFitBackend
 from llmclf.classifier import Classifier
 from llmclf.distill import fit_head, save_student, train_student
 from llmclf.errors import ModelLoadError
-from llmclf.export import ParityError, export_student, weight_matmuls
+from llmclf.errors import ParityError
+from llmclf.export import export_student, weight_matmuls
 from llmclf.types import Task
 
 SST2 = Path("/work/shared/datasets/sst2")

@@ -41,6 +41,7 @@ from llmclf.errors import (
     RateLimitError,
 )
 from llmclf.prompts import PromptTemplate
+from llmclf.redaction import redact
 from llmclf.store import Store, open_store
 from llmclf.types import ABSTAIN, Example, Prediction, Task, Usage
 
@@ -133,19 +134,6 @@ def _retry_after(exc: BaseException) -> float | None:
         return float(value) if value is not None else None
     except (TypeError, ValueError):
         return None
-
-
-def redact(text: str, secrets: Sequence[str | None]) -> str:
-    """``text`` with every secret value replaced by ``***`` (providers may echo the API key).
-
-    Example:
-        >>> redact("Incorrect API key provided: sk-abc123", ["sk-abc123"])
-        'Incorrect API key provided: ***'
-    """
-    for secret in secrets:
-        if secret and len(secret) >= 6:
-            text = text.replace(secret, "***")
-    return text
 
 
 def classify_provider_error(

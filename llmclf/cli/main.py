@@ -35,26 +35,20 @@ def _root() -> None:
     """Text classification with LLMs: classify, evaluate prompts, distill, route and serve."""
 
 
-# Modules that add commands to `app` (each defines `register(app)`); missing ones are skipped
-# so a partial install still has a working CLI.
+# Modules that add commands to `app`, one command (or group) each; each defines `register(app)`
+# and imports its heavy dependencies only when its command runs.
 COMMAND_MODULES = (
     "llmclf.cli.classify",
     "llmclf.cli.eval",
     "llmclf.cli.runs",
+    "llmclf.cli.report",
     "llmclf.cli.distill",
     "llmclf.cli.review",
     "llmclf.cli.serve",
-    "llmclf.cli.demo",
 )
 
 for _name in COMMAND_MODULES:
-    try:
-        _mod = importlib.import_module(_name)
-    except ModuleNotFoundError as _exc:
-        if _exc.name != _name:
-            raise
-        continue
-    _mod.register(app)
+    importlib.import_module(_name).register(app)
 
 
 def main() -> None:

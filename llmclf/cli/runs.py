@@ -1,6 +1,6 @@
 """``llmclf runs list|show|diff``: the eval runs kept in the store, and what changed between two.
 
-Run ids accept a unique prefix. Also registers ``llmclf report`` (see `llmclf.cli.report`).
+Run ids accept a unique prefix.
 
 Example:
     $ llmclf runs list --eval-set sst2
@@ -346,6 +346,3 @@ def diff_runs(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(runs_app, name="runs")
-    from llmclf.cli import report
-
-    report.register(app)
