@@ -69,6 +69,6 @@ __all__ = [
     "TeacherError",
     "UnknownBackendHint",
     "Usage",
-    "make_backend",
     "__version__",
+    "make_backend",
 ]

@@ -80,9 +80,9 @@ from llmclf.errors import (
     TeacherError,
 )
 from llmclf.evaluate import EvalRun, evaluate
-from llmclf.redaction import redact_spec
 from llmclf.export import FP32_BOUND, INT8_BOUND, ParityResult, export_student
 from llmclf.metrics import compute_metrics
+from llmclf.redaction import redact_spec
 from llmclf.store import Store, open_store
 from llmclf.task_refs import load_task
 from llmclf.types import Prediction, Task, Usage
@@ -992,8 +992,8 @@ def calibrate_escalation(
     """
     n = len(golds)
     conf = np.asarray([p.confidence for p in student], dtype=float)
-    s_ok = np.asarray([(p is not None and p.matches(g)) for p, g in zip(student, golds, strict=True)])
-    t_ok = np.asarray([(p is not None and p.matches(g)) for p, g in zip(teacher, golds, strict=True)])
+    s_ok = np.asarray([p is not None and p.matches(g) for p, g in zip(student, golds, strict=True)])
+    t_ok = np.asarray([p is not None and p.matches(g) for p, g in zip(teacher, golds, strict=True)])
     target = float(t_ok.mean()) if n else 0.0
     chosen: float | None = None
     for t in sorted(set(conf.tolist())):

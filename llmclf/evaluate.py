@@ -54,6 +54,7 @@ from llmclf.metrics import ABSTAINED, ERRORED, LOWER_IS_BETTER, compute_metrics
 from llmclf.progress import open_bar
 from llmclf.prompts import PromptTemplate
 from llmclf.redaction import redact, redact_spec, secrets_of_spec
+from llmclf.specs import parse_spec
 from llmclf.store import Store, open_store
 from llmclf.types import Prediction, Task
 

@@ -75,7 +75,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from llmclf.backends.base import Backend, Hints
+from llmclf.backends.base import Backend, Capabilities, Hints
 from llmclf.backends.registry import make_backend, parse_spec
 from llmclf.errors import (
     AllBackendsFailed,
@@ -307,7 +307,7 @@ class _Slot:
 
     @property
     def native_async(self) -> bool:
-        return bool(getattr(self.backend, "native_async", False))
+        return self.backend.capabilities.native_async
 
 
 @dataclass
@@ -497,7 +497,7 @@ class Router(Backend):
     """
 
     #: The router's async path never blocks its loop, so other routers await it directly.
-    native_async: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(native_async=True)
 
     def __init__(
         self,
@@ -751,6 +751,9 @@ class Router(Backend):
     def thresholds(self) -> dict[str, float]:
         """The cascade threshold for each label (empty without a cascade)."""
         return dict(self._thresholds)
+
+    def children(self) -> list[Backend]:
+        return [slot.backend for slot in self._slots.values()]
 
     def microbatch_backends(self) -> list[str]:
         """Names of the backends that benefit from micro-batching (by default the student)."""

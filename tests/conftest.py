@@ -1,4 +1,6 @@
-"""Shared fixtures: an isolated LLMCLF_HOME per test, the fake provider, and small tasks.
+"""Shared fixtures: an isolated LLMCLF_HOME per test, fake providers, stores and small tasks.
+
+Helpers that are not fixtures (servers, waits, parsers) live in ``tests/helpers.py``.
 
 Real provider calls are impossible here: every LLM test points llmclf at `FakeProvider` on
 127.0.0.1 (or, for tests marked ``model``, at the real embedded Gemma server).
@@ -12,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from llmclf.store import Store
 from llmclf.testing.fake_provider import FakeProvider
 from llmclf.types import Task
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.helpers import REPO
 
 # Hosted providers must never be reached from the test suite.
 for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLMCLF_API_KEY"):
@@ -85,7 +87,20 @@ labels:
     )
 
 
-def local_model_available() -> bool:
-    from llmclf.backends.local_server import llama_server_available
+@pytest.fixture
+def task() -> Task:
+    """The shipped sst2 task (negative/positive)."""
+    return Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
 
-    return llama_server_available() and not os.environ.get("LLMCLF_SKIP_MODEL_TESTS")
+
+@pytest.fixture
+def llm() -> Iterator[FakeProvider]:
+    """The escalation LLM of router tests: 'meh' and 'awful' are negative, the rest positive."""
+    with FakeProvider(rules={"meh": "negative", "awful": "negative"}, default="positive") as fp:
+        yield fp
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    """A fresh SQLite store in the test's directory."""
+    return Store(tmp_path / "store.db")

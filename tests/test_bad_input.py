@@ -41,12 +41,11 @@ from llmclf.report import render_html
 from llmclf.router import Router
 from llmclf.service import ServiceSettings, create_app
 from llmclf.store import Store
+from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider
 from llmclf.types import Example, Task
 from llmclf.unlabeled import iter_texts
-from tests.conftest import REPO
-from tests.test_router import RULES, KeywordStudent
-from tests.test_service import Server, error_of
+from tests.helpers import REPO, RULES, Server, error_of
 
 SST2 = Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
 TRIED: Counter[str] = Counter()  # bad inputs tried, by loader / endpoint

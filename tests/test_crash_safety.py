@@ -30,9 +30,7 @@ import httpx
 import pytest
 
 from llmclf.testing.fake_provider import FakeProvider
-from tests.conftest import REPO
-from tests.test_evaluate import make_eval_set, texts_asked
-from tests.test_service import free_port, wait_until
+from tests.helpers import REPO, free_port, make_eval_set, texts_asked, wait_until
 
 SEED = int(os.environ.get("LLMCLF_CRASH_SEED", "20250611"))
 

@@ -38,14 +38,13 @@ from llmclf.distill import (
     label_unlabeled,
     select_training_set,
 )
-from llmclf.errors import ConfigError, TaskFileError
-from llmclf.errors import ParityError
+from llmclf.errors import ConfigError, ParityError, TaskFileError
 from llmclf.prompts import PromptTemplate
 from llmclf.store import Store, open_store
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.types import Prediction, Task
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SST2_TRAIN = Path("/work/shared/datasets/sst2/train.jsonl")
 SST2_VALID = Path("/work/shared/datasets/sst2/validation.jsonl")
 N_TEXTS = 60

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from llmclf.datasets import SHIPPED_EVAL_SETS, list_eval_sets, load_eval_set
+from tests.helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "datasets"
 SINGLE = ["sst2", "sms_spam", "ag_news", "trec", "banking77", "clinc150"]
 MULTI = ["goemotions", "reuters21578"]

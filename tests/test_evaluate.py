@@ -22,49 +22,9 @@ from llmclf.evaluate import compare_runs, evaluate, latest_run_id, load_run
 from llmclf.redaction import redact_spec
 from llmclf.store import Store, open_store
 from llmclf.testing.fake_provider import FakeProvider, Fault
-from tests.conftest import REPO
-
-SENTIMENT_TASK = """\
-name: sentiment
-kind: binary
-positive_label: positive
-labels:
-  - name: negative
-    description: the writer dislikes it
-  - name: positive
-    description: the writer likes it
-"""
-
-CASES = [
-    ("c01", "I loved it", "positive"),
-    ("c02", "good fun all round", "positive"),
-    ("c03", "awful and dull", "negative"),
-    ("c04", "good grief, what a mess", "negative"),
-    ("c05", "a quiet delight", "positive"),
-    ("c06", "boring", "negative"),
-    ("c07", "loved the cast", "positive"),
-    ("c08", "not good at all", "negative"),
-]
+from tests.helpers import CASES, REPO, make_eval_set, texts_asked
 
 RULES = {"loved": "positive", "good": "positive"}  # c04 and c08 wrong, c05 wrong
-
-
-def make_eval_set(root: Path, name: str = "mini", cases=CASES, pool=None) -> Path:
-    d = root / name
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "task.yaml").write_text(SENTIMENT_TASK)
-    with open(d / "cases.jsonl", "w") as f:
-        for cid, text, label in cases:
-            f.write(json.dumps({"id": cid, "text": text, "label": label}) + "\n")
-    if pool:
-        with open(d / "pool.jsonl", "w") as f:
-            for text, label in pool:
-                f.write(json.dumps({"text": text, "label": label}) + "\n")
-    return d
-
-
-def texts_asked(fake: FakeProvider, start: int = 0) -> list[str]:
-    return [FakeProvider.text_of(r) for r in fake.chat_requests[start:]]
 
 
 runner = CliRunner()

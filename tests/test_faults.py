@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,27 +24,16 @@ from llmclf import Classifier
 from llmclf.backends.llm import FAULT_KINDS, LLMBackend, LLMConfig
 from llmclf.backends.registry import make_backend
 from llmclf.errors import LocalServerError, RateLimitError
+from llmclf.hooks import Event
 from llmclf.router import Router
 from llmclf.service import create_app
 from llmclf.store import Store
+from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.types import Task
-from tests.conftest import REPO, local_model_available
-from tests.test_router import RULES, KeywordStudent
-from tests.test_service import Server, error_of, metric
+from tests.helpers import REPO, RULES, Server, error_of, local_model_available, metric
 
 FAST = {"backoff_base_s": 0.01, "backoff_max_s": 0.05, "max_retries": 2, "max_reasks": 2}
-
-
-@pytest.fixture
-def task() -> Task:
-    return Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeProvider]:
-    with FakeProvider(rules={"awful": "negative", "meh": "negative"}, default="positive") as fp:
-        yield fp
 
 
 @dataclass(frozen=True)
@@ -230,7 +218,7 @@ def test_a_server_killed_mid_run_is_restarted_once_then_reported(task: Task) -> 
         base_url_provider=sup.base_url,
         on_connection_failure=sup.on_connection_failure,
     )
-    backend.on_fault = seen.append
+    backend.hooks.on(Event.PROVIDER_FAULT, seen.append)
     try:
         assert backend.predict_batch(["one"])[0].label == "positive"
         sup.kill()

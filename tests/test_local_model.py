@@ -20,7 +20,7 @@ from sklearn.metrics import roc_auc_score
 from llmclf import Classifier
 from llmclf.backends.local_server import LocalServer, local_model_path
 from llmclf.types import Task
-from tests.conftest import REPO, local_model_available
+from tests.helpers import REPO, local_model_available
 
 pytestmark = [
     pytest.mark.model,

@@ -17,7 +17,6 @@ import select
 import shutil
 import subprocess
 import time
-from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from llmclf.datasets import load_eval_set
 from llmclf.evaluate import evaluate
 from llmclf.report import render_html
 from llmclf.testing.fake_provider import FakeProvider
+from tests.helpers import parse_tags
 
 PLANTED = "<script>document.title='PWNED';window.__pwned=1;console.error('pwned')</script>"
 PLANTED_IMG = "<img src=x onerror=\"document.title='PWNED-IMG'\">"
@@ -211,20 +211,6 @@ PAGE_STATE = """JSON.stringify((() => {
     height: document.body.scrollHeight,
   };
 })())"""
-
-
-def parse_tags(html: str) -> tuple[set[str], set[str]]:
-    """The tag names and attribute names of a page, as a parser (not a regex) sees them."""
-    tags: set[str] = set()
-    attrs: set[str] = set()
-
-    class Collect(HTMLParser):
-        def handle_starttag(self, tag: str, at: list[tuple[str, str | None]]) -> None:
-            tags.add(tag)
-            attrs.update(name for name, _ in at)
-
-    Collect().feed(html)
-    return tags, attrs
 
 
 def make_run(tmp_path: Path):

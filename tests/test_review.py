@@ -16,11 +16,11 @@ from llmclf.datasets import load_cases
 from llmclf.errors import ConfigError
 from llmclf.router import Router
 from llmclf.store import open_store
+from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider
 from llmclf.types import Task
-from tests.test_router import RULES, KeywordStudent
+from tests.helpers import REPO, RULES
 
-REPO = Path(__file__).resolve().parents[1]
 runner = CliRunner()
 
 

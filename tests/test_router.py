@@ -8,99 +8,32 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmclf.backends.base import Backend, Hints
 from llmclf.classifier import Classifier
-from llmclf.errors import AllBackendsFailed, BackendError, TaskFileError
-from llmclf.errors import BackendTimeout, UnknownBackendHint
+from llmclf.errors import (
+    AllBackendsFailed,
+    BackendTimeout,
+    TaskFileError,
+    UnknownBackendHint,
+)
 from llmclf.router import Router, RouterListener
 from llmclf.store import Store
+from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider, Fault
-from llmclf.types import Prediction, Task
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class KeywordStudent(Backend):
-    """A tiny real student: ``word:score`` rules give P(positive); records every batch it gets."""
-
-    def __init__(
-        self,
-        task: Task,
-        rules: dict[str, float],
-        *,
-        default: float = 0.5,
-        escalation_threshold: float | dict[str, float] | None = None,
-        fail_on: str | None = None,
-        delay_s: float = 0.0,
-    ) -> None:
-        self.task = task
-        self.name = "keyword-student"
-        self.rules = rules
-        self.default = default
-        self.escalation_threshold = escalation_threshold
-        self.fail_on = fail_on
-        self.delay_s = delay_s
-        self.batches: list[list[str]] = []
-        self._lock = threading.Lock()
-
-    def p_positive(self, text: str) -> float:
-        for word, p in self.rules.items():
-            if word in text.lower():
-                return p
-        return self.default
-
-    def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
-        with self._lock:
-            self.batches.append(list(texts))
-        if self.delay_s:
-            time.sleep(self.delay_s)
-        if self.fail_on and any(self.fail_on in t for t in texts):
-            raise BackendError("student crashed", backend=self.name)
-        out = []
-        for t in texts:
-            p = self.p_positive(t)
-            out.append(
-                Prediction(
-                    labels=("positive" if p >= 0.5 else "negative",),
-                    scores={"negative": round(1 - p, 6), "positive": p},
-                    score_source="model",
-                    backend=self.name,
-                )
-            )
-        return out
-
-
-RULES = {"great": 0.97, "awful": 0.04, "meh": 0.55, "fine": 0.7}
-
-
-@pytest.fixture
-def task() -> Task:
-    return Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeProvider]:
-    """The escalation LLM: 'meh' and 'awful' are negative, everything else positive."""
-    with FakeProvider(rules={"meh": "negative", "awful": "negative"}, default="positive") as fp:
-        yield fp
+from llmclf.types import Task
+from tests.helpers import REPO, RULES
 
 
 @pytest.fixture
 def llm2() -> Iterator[FakeProvider]:
     with FakeProvider(default="negative", confidence=0.8) as fp:
         yield fp
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "router.db")
 
 
 def make_router(

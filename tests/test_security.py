@@ -37,12 +37,10 @@ from llmclf.report import render_html
 from llmclf.router import Router
 from llmclf.service import ServiceSettings, create_app
 from llmclf.store import Store
+from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.types import Task
-from tests.conftest import REPO
-from tests.test_report_browser import parse_tags
-from tests.test_router import RULES, KeywordStudent
-from tests.test_service import Server, error_of, free_port, wait_until
+from tests.helpers import REPO, RULES, Server, error_of, free_port, parse_tags, wait_until
 
 KEY_SPEC = "sk-PLANTED-spec-c0ffee1234"
 KEY_ENV = "sk-PLANTED-env-deadbeef99"

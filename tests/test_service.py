@@ -9,74 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
-import uvicorn
 
 from llmclf.backends.base import Backend, Hints
 from llmclf.classifier import Classifier
 from llmclf.router import Router
 from llmclf.service import MicroBatcher, ServiceSettings, create_app
 from llmclf.store import Store
+from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.types import Prediction, Task
-from tests.test_router import RULES, KeywordStudent
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-class Server:
-    """A uvicorn server for ``app`` on a free loopback port, in a thread."""
-
-    def __init__(self, app: Any) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> Server:
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.01)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-
-    def client(self, **kw: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, **kw)
-
-
-@pytest.fixture
-def task() -> Task:
-    return Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
-
-
-@pytest.fixture
-def llm() -> Iterator[FakeProvider]:
-    with FakeProvider(rules={"meh": "negative", "awful": "negative"}, default="positive") as fp:
-        yield fp
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Store:
-    return Store(tmp_path / "svc.db")
+from tests.helpers import REPO, RULES, Server, error_of, free_port, metric, wait_until
 
 
 def router_config(llm: FakeProvider, **extra: Any) -> dict[str, Any]:
@@ -95,13 +46,6 @@ def make_router(task: Task, store: Store, llm: FakeProvider, student: Backend | 
         store=store,
         backends={"student": student or KeywordStudent(task, RULES)},
     )
-
-
-def error_of(resp: httpx.Response) -> dict[str, str]:
-    body = resp.json()
-    assert set(body) == {"error"}, body
-    assert set(body["error"]) == {"type", "message"}, body
-    return body["error"]
 
 
 # -- endpoints ------------------------------------------------------------------------------------
@@ -317,19 +261,6 @@ def test_rate_limit_is_per_key(task: Task, store: Store, llm: FakeProvider) -> N
 
 
 # -- metrics --------------------------------------------------------------------------------------
-def metric(text: str, name: str, **labels: str) -> float:
-    """The value of one sample in Prometheus text (labels matched as a subset)."""
-    for line in text.splitlines():
-        if not line.startswith(name + "{") and not line.startswith(name + " "):
-            continue
-        m = re.match(r"^([^{ ]+)(?:\{(.*)\})? (\S+)$", line)
-        assert m, line
-        got = dict(re.findall(r'(\w+)="((?:[^"\\]|\\.)*)"', m.group(2) or ""))
-        if m.group(1) == name and all(got.get(k) == v for k, v in labels.items()):
-            return float(m.group(3))
-    raise AssertionError(f"no sample {name} {labels}")
-
-
 def test_metrics_text(task: Task, store: Store, llm: FakeProvider) -> None:
     router = make_router(
         task, store, llm,
@@ -483,26 +414,6 @@ def test_service_answers_like_the_python_classifier(
 
 
 # -- the CLI --------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_until(check: Callable[[], bool], proc: subprocess.Popen[str], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise AssertionError(f"server exited: {proc.communicate()[1]}")
-        try:
-            if check():
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("server did not come up")
-
-
 def test_llmclf_serve_cli(tmp_path: Path, llm: FakeProvider) -> None:
     with FakeProvider(default="positive", confidence=0.95) as student:
         cfg = tmp_path / "router.yaml"

@@ -17,13 +17,12 @@ from llmclf.backends.registry import make_backend
 from llmclf.backends.setfit import SetFitBackend
 from llmclf.classifier import Classifier
 from llmclf.distill import fit_head, save_student, train_student
-from llmclf.errors import ModelLoadError
-from llmclf.errors import ParityError
+from llmclf.errors import ModelLoadError, ParityError
 from llmclf.export import export_student, weight_matmuls
 from llmclf.types import Task
+from tests.helpers import REPO
 
 SST2 = Path("/work/shared/datasets/sst2")
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _sst2_rows(split: str, n: int) -> list[dict[str, str]]:

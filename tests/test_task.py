@@ -17,7 +17,7 @@ def write(tmp_path, text: str):
 
 
 def test_shipped_sst2_task_loads():
-    from tests.conftest import REPO
+    from tests.helpers import REPO
 
     task = Task.from_yaml(REPO / "eval_sets/sst2/task.yaml")
     assert task.kind == "binary" and task.positive_label == "positive"

@@ -24,11 +24,11 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, create_model
 
-from llmclf.backends.base import Backend, Hints
+from llmclf.backends.base import Backend, Capabilities, Hints
 from llmclf.errors import (
     AuthError,
     BackendError,
@@ -40,6 +40,7 @@ from llmclf.errors import (
     ProviderTimeout,
     RateLimitError,
 )
+from llmclf.hooks import Event
 from llmclf.prompts import PromptTemplate
 from llmclf.redaction import redact
 from llmclf.store import Store, open_store
@@ -166,7 +167,7 @@ def classify_provider_error(
     return ProviderServerError(msg, backend=backend, status_code=status), True
 
 
-#: What `LLMBackend.on_fault` reports: the ``kind`` label of ``llmclf_provider_faults_total``.
+#: What `Event.PROVIDER_FAULT` reports: the ``kind`` label of ``llmclf_provider_faults_total``.
 FAULT_KINDS = (
     "rate_limit",  # 429 (Retry-After honoured)
     "server_error",  # 5xx
@@ -241,9 +242,10 @@ class _CallLog:
 class LLMBackend(Backend):
     """Classifies with a prompted LLM through litellm, validated by instructor."""
 
-    #: Called with a `FAULT_KINDS` entry for every provider fault seen, retried or not, and for
-    #: every answer re-asked because it failed validation (the service counts them in /metrics).
-    on_fault: Callable[[str], None] | None = None
+    #: Emits `Event.PROVIDER_FAULT` with a `FAULT_KINDS` entry for every provider fault seen,
+    #: retried or not, and for every answer re-asked because it failed validation (the service
+    #: counts them in /metrics).
+    capabilities: ClassVar[Capabilities] = Capabilities(prompted=True)
 
     def __init__(
         self,
@@ -299,8 +301,7 @@ class LLMBackend(Backend):
             return self._client
 
     def _parse_fault(self, error: Exception, **_: Any) -> None:
-        if self.on_fault is not None:
-            self.on_fault(parse_fault_kind(error))
+        self.hooks.emit(Event.PROVIDER_FAULT, parse_fault_kind(error))
 
     def _examples_for(self, text: str) -> list[Example]:
         if not self.template.spec.few_shot:
@@ -399,8 +400,7 @@ class LLMBackend(Backend):
             except Exception as exc:  # litellm/openai/httpx errors
                 typed, retryable = classify_provider_error(exc, self.name, [self.config.api_key])
                 kind = fault_kind(exc, typed)
-            if self.on_fault is not None:
-                self.on_fault(kind)
+            self.hooks.emit(Event.PROVIDER_FAULT, kind)
             if (
                 kind == "connection"
                 and self._on_connection_failure is not None

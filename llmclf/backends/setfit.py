@@ -37,11 +37,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from llmclf.backends.base import Backend, Hints
+from llmclf.backends.base import Backend, Capabilities, Hints
 from llmclf.errors import ModelLoadError
 from llmclf.types import Prediction, Task
 
@@ -270,6 +270,8 @@ class SetFitBackend(Backend):
     ``torch``. ``escalation_threshold`` is the router's default cascade threshold (from
     ``router.json``), ``card`` the model card's data.
     """
+
+    capabilities: ClassVar[Capabilities] = Capabilities(batches=True)
 
     def __init__(
         self,

@@ -47,6 +47,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmclf.backends.base import Backend, Hints
 from llmclf.classifier import validate_texts
 from llmclf.errors import BackendError, ConfigError, LLMClfError, error_kind
+from llmclf.hooks import Event
 from llmclf.router import Router
 from llmclf.service.batching import MicroBatcher
 from llmclf.service.metrics import CONTENT_TYPE, ServiceMetrics
@@ -387,35 +388,24 @@ class ServiceState:
 
 
 def _hook_faults(backend: Backend, metrics: ServiceMetrics, task: str, name: str) -> None:
-    inner = getattr(backend, "inner", None)
-    if isinstance(inner, Backend):
-        _hook_faults(inner, metrics, task, name)
-    if hasattr(type(backend), "on_fault"):
-        counter = metrics.provider_faults
+    """Count the provider faults of every prompted backend in ``backend``'s tree under ``name``."""
+    counter = metrics.provider_faults
 
-        def on_fault(kind: str) -> None:
-            counter.labels(task, name, kind).inc()
+    def on_fault(kind: str) -> None:
+        counter.labels(task, name, kind).inc()
 
-        backend.on_fault = on_fault  # type: ignore[attr-defined]
+    for b in backend.walk():
+        if b.capabilities.prompted:
+            b.hooks.on(Event.PROVIDER_FAULT, on_fault)
 
 
-def _warm_up(backend: Backend, seen: set[int]) -> None:
-    """Call ``warm_up()`` on every backend that has one (inside routers and wrappers too)."""
-    if id(backend) in seen:
-        return
-    seen.add(id(backend))
-    inner = getattr(backend, "inner", None)
-    if isinstance(inner, Backend):
-        _warm_up(inner, seen)
-    if isinstance(backend, Router):
-        for b in backend.backends.values():
-            _warm_up(b, seen)
-    warm = getattr(backend, "warm_up", None)
-    if callable(warm):
+def _warm_up(backend: Backend) -> None:
+    """Call ``warm_up()`` on every backend of ``backend``'s tree (routers and wrappers too)."""
+    for b in backend.walk():
         try:
-            warm()
+            b.warm_up()
         except Exception as exc:  # the first request will report it properly
-            log.warning("warm-up of %s failed: %s", backend.name, exc)
+            log.warning("warm-up of %s failed: %s", b.name, exc)
 
 
 def _batcher(
@@ -477,8 +467,8 @@ def create_app(
                     state.batchers[f"{task_name}/{name}"] = bt
         else:
             _hook_faults(backend, metrics, task_name, backend.name)
-            if settings.microbatch and not hasattr(type(backend), "on_fault"):
-                # an LLM backend (it has on_fault) would make each batch wait for its slowest call
+            if settings.microbatch and backend.capabilities.batches:
+                # an LLM answers text by text: a batch would wait for its slowest call
                 bt = _batcher(backend, settings, metrics, task_name, backend.name)
                 by_task[task_name] = bt
                 state.batchers[f"{task_name}/{backend.name}"] = bt
@@ -488,7 +478,7 @@ def create_app(
         # load what the backends load lazily (litellm, instructor: seconds) before the first
         # request, not during it
         for b in list(state.backends.values()):
-            await asyncio.to_thread(_warm_up, b, set())
+            await asyncio.to_thread(_warm_up, b)
         yield
         if close_backends:
             for b in state.backends.values():

@@ -26,7 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import ClassVar
 
-from llmclf.backends.base import Backend, Hints
+from llmclf.backends.base import Backend, Capabilities, Hints
 from llmclf.errors import BackendError
 from llmclf.types import Prediction
 
@@ -49,7 +49,7 @@ class MicroBatcher(Backend):
     """
 
     #: `apredict_batch` never blocks the loop: a router awaits it directly.
-    native_async: ClassVar[bool] = True
+    capabilities: ClassVar[Capabilities] = Capabilities(native_async=True, batches=True)
 
     def __init__(
         self,
@@ -81,6 +81,9 @@ class MicroBatcher(Backend):
         self._closed = False
 
     # -- Backend --------------------------------------------------------------------------------
+    def children(self) -> Sequence[Backend]:
+        return (self.inner,)
+
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
         return self.inner.predict_batch(texts, hints)
 

@@ -1,0 +1,11 @@
+"""Fakes shipped with llmclf, so tests and users can drive everything without a network.
+
+- `FakeProvider`: a deterministic OpenAI-compatible chat server on 127.0.0.1 (scripted labels,
+  logprobs and faults), reached through the real litellm -> instructor -> HTTP path.
+- `FunctionBackend`, `KeywordStudent`: in-process backends whose scores you set.
+"""
+
+from llmclf.testing.fake_backend import FunctionBackend, KeywordStudent
+from llmclf.testing.fake_provider import FakeProvider, Fault
+
+__all__ = ["FakeProvider", "Fault", "FunctionBackend", "KeywordStudent"]
