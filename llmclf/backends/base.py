@@ -14,8 +14,10 @@ Example:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -32,6 +34,14 @@ class Hints:
     ``max_latency_ms``: never escalate past this budget. ``backend``: force one backend by name.
     ``min_confidence``: escalate when the top score is below this. ``request_key``: a sticky key
     for A/B splits. ``request_id``: an idempotency key (the review queue stores it once).
+    ``deadline``: the latency budget as an instant on the `time.perf_counter` clock; a router
+    sets it from ``max_latency_ms`` when a request arrives and hands it to the routers it is made
+    of, so a nested router never escalates past the outer request's budget.
+
+    Example:
+        >>> h = Hints(max_latency_ms=300).with_deadline(start=10.0)
+        >>> h.deadline
+        10.3
     """
 
     max_latency_ms: float | None = None
@@ -39,6 +49,34 @@ class Hints:
     min_confidence: float | None = None
     request_key: str | None = None
     request_id: str | None = None
+    deadline: float | None = None
+
+    def with_deadline(self, start: float) -> Hints:
+        """These hints with ``deadline`` set: the earlier of the given one and the budget from
+        ``start`` (a `time.perf_counter` reading); unchanged without a budget."""
+        due = self.deadline
+        if self.max_latency_ms is not None:
+            own = start + self.max_latency_ms / 1000.0
+            due = own if due is None else min(due, own)
+        if due == self.deadline:
+            return self
+        return dataclasses.replace(self, deadline=due)
+
+    def remaining_s(self, now: float | None = None) -> float | None:
+        """Seconds left before ``deadline`` (negative when past it); None without a deadline."""
+        if self.deadline is None:
+            return None
+        return self.deadline - (time.perf_counter() if now is None else now)
+
+    def for_nested(self) -> Hints | None:
+        """What a router hands to a router it is made of: the sticky key, the request id and the
+        deadline (``backend`` and ``min_confidence`` name the outer router's backends and
+        threshold). None when there is nothing to hand on."""
+        if self.request_key is None and self.request_id is None and self.deadline is None:
+            return None
+        return Hints(
+            request_key=self.request_key, request_id=self.request_id, deadline=self.deadline
+        )
 
 
 @dataclass(frozen=True)
@@ -50,7 +88,9 @@ class Capabilities:
     batch in one pass (a student), so micro-batching concurrent requests and chunking an eval
     pays off; an LLM answers text by text and a batch would wait for its slowest call.
     ``prompted``: an LLM backend with a prompt template (``template``), prompt options and
-    provider faults.
+    provider faults. ``routes``: the backend routes each request by its `Hints` (a router) and
+    reports the router events of `llmclf.hooks.Event` through its `Backend.hooks`; other
+    backends are handed no hints, so that concurrent requests to them can be micro-batched.
 
     Example:
         >>> Capabilities(batches=True).native_async
@@ -60,6 +100,7 @@ class Capabilities:
     native_async: bool = False
     batches: bool = False
     prompted: bool = False
+    routes: bool = False
 
 
 class Backend(ABC):
@@ -99,6 +140,16 @@ class Backend(ABC):
             seen.add(id(b))
             yield b
             stack.extend(reversed(list(b.children())))
+
+    def microbatched(self, wrap: Callable[[str, Backend], Backend]) -> Backend:
+        """This backend with the parts that answer a batch in one pass wrapped by ``wrap(name,
+        backend)`` (the service's micro-batcher); returns what to call from now on.
+
+        By default the whole backend is wrapped when it batches (``capabilities.batches``) and
+        left alone otherwise (an LLM answers text by text: a batch would wait for its slowest
+        call). A router wraps the named backends it micro-batches and returns itself.
+        """
+        return wrap(self.name, self) if self.capabilities.batches else self
 
     def warm_up(self) -> None:  # noqa: B027 - optional hook
         """Load what the backend would load lazily on its first request (models, clients)."""

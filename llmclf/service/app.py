@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hmac
 import logging
 import math
@@ -47,8 +46,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmclf.backends.base import Backend, Hints
 from llmclf.classifier import validate_texts
 from llmclf.errors import BackendError, ConfigError, LLMClfError, error_kind
-from llmclf.hooks import Event
-from llmclf.router import Router
 from llmclf.service.batching import MicroBatcher
 from llmclf.service.metrics import CONTENT_TYPE, ServiceMetrics
 
@@ -387,18 +384,6 @@ class ServiceState:
         return task, self.backends[task]
 
 
-def _hook_faults(backend: Backend, metrics: ServiceMetrics, task: str, name: str) -> None:
-    """Count the provider faults of every prompted backend in ``backend``'s tree under ``name``."""
-    counter = metrics.provider_faults
-
-    def on_fault(kind: str) -> None:
-        counter.labels(task, name, kind).inc()
-
-    for b in backend.walk():
-        if b.capabilities.prompted:
-            b.hooks.on(Event.PROVIDER_FAULT, on_fault)
-
-
 def _warm_up(backend: Backend) -> None:
     """Call ``warm_up()`` on every backend of ``backend``'s tree (routers and wrappers too)."""
     for b in backend.walk():
@@ -451,27 +436,16 @@ def create_app(
         raise ConfigError("create_app needs at least one backend")
     state = ServiceState(backends=by_task, settings=settings, metrics=metrics)
     for task_name, backend in list(by_task.items()):
-        if isinstance(backend, Router):
-            metrics.watch(backend)
-            for name, b in backend.backends.items():
-                _hook_faults(b, metrics, task_name, name)
-            if settings.microbatch:
-                for name in backend.microbatch_backends():
-                    bt = backend.wrap_backend(
-                        name,
-                        functools.partial(
-                            _batcher, settings=settings, metrics=metrics, task=task_name, name=name
-                        ),
-                    )
-                    assert isinstance(bt, MicroBatcher)
-                    state.batchers[f"{task_name}/{name}"] = bt
-        else:
-            _hook_faults(backend, metrics, task_name, backend.name)
-            if settings.microbatch and backend.capabilities.batches:
-                # an LLM answers text by text: a batch would wait for its slowest call
-                bt = _batcher(backend, settings, metrics, task_name, backend.name)
-                by_task[task_name] = bt
-                state.batchers[f"{task_name}/{backend.name}"] = bt
+        metrics.watch(backend, task_name)
+        if settings.microbatch:
+            # the parts that answer a batch in one pass (a router's student, a bare student);
+            # an LLM answers text by text: a batch would wait for its slowest call
+            def batcher(name: str, b: Backend, task_name: str = task_name) -> Backend:
+                bt = _batcher(b, settings, metrics, task_name, name)
+                state.batchers[f"{task_name}/{name}"] = bt
+                return bt
+
+            by_task[task_name] = backend.microbatched(batcher)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -557,9 +531,7 @@ def create_app(
         finally:
             state.in_flight -= 1
             metrics.in_flight.dec()
-        if not isinstance(backend, Router):  # a router counts its texts itself
-            for p in preds:
-                metrics.texts.labels(task_name, p.backend).inc()
+        metrics.count_texts(task_name, preds)
         out = [p.to_json_dict() for p in preds]
         if body.text is not None:
             return JSONResponse({"task": task_name, "prediction": out[0]})

@@ -28,7 +28,10 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import functools
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -41,8 +44,10 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from llmclf.backends.base import Backend
 from llmclf.errors import error_kind
-from llmclf.router import Router, RouterListener
+from llmclf.hooks import Event
+from llmclf.router import ShadowStats
 from llmclf.types import Prediction
 
 LATENCY_BUCKETS = (
@@ -53,11 +58,21 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-class _RouterGauges(Collector):
-    """Computed at scrape time from the routers: escalation rate and shadow agreement."""
+@dataclass
+class _TaskGauges:
+    """What the scrape-time gauges of one task are computed from."""
 
-    def __init__(self, routers: Iterable[Router]) -> None:
-        self.routers = list(routers)
+    cascade_texts: int = 0
+    escalated: int = 0
+    shadow: ShadowStats | None = None
+
+
+class _RouterGauges(Collector):
+    """Computed at scrape time from the routers' events: escalation rate and shadow agreement."""
+
+    def __init__(self) -> None:
+        self.tasks: dict[str, _TaskGauges] = {}
+        self.lock = threading.Lock()
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         rate = GaugeMetricFamily(
@@ -75,15 +90,15 @@ class _RouterGauges(Collector):
             "Shadow comparisons in the sliding window",
             labels=["task", "backend"],
         )
-        for r in self.routers:
-            stats = r.stats()
-            if stats.escalation_rate is not None:
-                rate.add_metric([r.task.name], stats.escalation_rate)
-            shadow = r.shadow_stats()
+        with self.lock:
+            tasks = {t: (g.cascade_texts, g.escalated, g.shadow) for t, g in self.tasks.items()}
+        for task, (cascade_texts, escalated, shadow) in tasks.items():
+            if cascade_texts:
+                rate.add_metric([task], escalated / cascade_texts)
             if shadow is not None:
-                samples.add_metric([r.task.name, shadow.backend], shadow.samples)
+                samples.add_metric([task, shadow.backend], shadow.samples)
                 if shadow.agreement is not None:
-                    agreement.add_metric([r.task.name, shadow.backend], shadow.agreement)
+                    agreement.add_metric([task, shadow.backend], shadow.agreement)
         yield rate
         yield agreement
         yield samples
@@ -92,8 +107,8 @@ class _RouterGauges(Collector):
         return iter(())
 
 
-class ServiceMetrics(RouterListener):
-    """All the service's metrics; also a `RouterListener` fed by every router it serves."""
+class ServiceMetrics:
+    """All the service's metrics; `watch` feeds them from a served backend's typed events."""
 
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
@@ -169,54 +184,84 @@ class ServiceMetrics(RouterListener):
         self.in_flight = Gauge(
             "llmclf_in_flight_requests", "Requests being answered now", registry=r
         )
-        self._routers: list[Router] = []
-        self._gauges = _RouterGauges(self._routers)
+        self._gauges = _RouterGauges()
         r.register(self._gauges)
 
-    def watch(self, router: Router) -> None:
-        """Listen to a router and expose its computed gauges."""
-        router.add_listener(self)
-        self._routers.append(router)
-        self._gauges.routers = self._routers
+    def watch(self, backend: Backend, task: str | None = None) -> None:
+        """Count ``backend``'s events under ``task`` (default: its task's name).
+
+        A router reports its calls, answers, failures, shadow traffic, reviews and the faults
+        of its named backends (`llmclf.hooks.Event`); any other backend reports its own
+        provider faults, labelled with its name.
+        """
+        task = task or backend.task.name
+        with self._gauges.lock:
+            self._gauges.tasks.setdefault(task, _TaskGauges())
+        hooks = backend.hooks
+        on = functools.partial
+        hooks.on(Event.BACKEND_CALL, on(self._backend_call, task))
+        hooks.on(Event.ROUTED, on(self._routed, task))
+        hooks.on(Event.FAILED, on(self._failed, task))
+        hooks.on(Event.SHADOW_COMPARED, on(self._shadow_compared, task))
+        hooks.on(Event.SHADOW_DROPPED, on(self._shadow_dropped, task))
+        hooks.on(Event.REVIEWED, on(self._reviewed, task))
+        hooks.on(Event.BACKEND_FAULT, on(self._fault, task))
+        if not backend.capabilities.routes:  # a router relays its tree's faults itself
+            for b in backend.walk():
+                if b.capabilities.prompted:
+                    b.hooks.on(Event.PROVIDER_FAULT, on(self._fault, task, backend.name))
 
     def render(self) -> bytes:
         """The Prometheus text exposition."""
         return generate_latest(self.registry)
 
-    # -- RouterListener ---------------------------------------------------------------------------
-    def backend_call(
-        self, router: Router, backend: str, texts: int, seconds: float, error: BaseException | None
+    def count_texts(self, task: str, predictions: list[Prediction]) -> None:
+        """Count answered texts by the backend that answered."""
+        for p in predictions:
+            self.texts.labels(task, p.backend).inc()
+
+    # -- event handlers ---------------------------------------------------------------------------
+    def _backend_call(
+        self, task: str, backend: str, texts: int, seconds: float, error: BaseException | None
     ) -> None:
-        task = router.task.name
         self.backend_latency.labels(task, backend).observe(seconds)
         outcome = "ok" if error is None else error_kind(error)
         self.backend_calls.labels(task, backend, outcome).inc()
 
-    def routed(
-        self, router: Router, prediction: Prediction, *, arm: str | None, escalated: bool
-    ) -> None:
-        task = router.task.name
-        self.texts.labels(task, prediction.backend).inc()
-        if prediction.route and router.config.cascade is not None:
-            if prediction.route[0] == router.config.cascade.student:
-                self.cascade_texts.labels(task).inc()
+    def _routed(
+        self, task: str, prediction: Prediction, *, arm: str | None, escalated: bool,
+        cascade: bool,
+    ) -> None:  # fmt: skip
+        if cascade:
+            self.cascade_texts.labels(task).inc()
             if escalated:
                 self.escalations.labels(task).inc()
+            with self._gauges.lock:
+                g = self._gauges.tasks[task]
+                g.cascade_texts += 1
+                g.escalated += int(escalated)
         if prediction.cached:
             self.cache_hits.labels(task, prediction.backend).inc()
         if arm is not None:
             self.ab_texts.labels(task, arm, "ok").inc()
             self.ab_latency.labels(task, arm).observe(prediction.latency_ms / 1000.0)
 
-    def failed(self, router: Router, error: BaseException, texts: int, *, arm: str | None) -> None:
+    def _failed(self, task: str, error: BaseException, texts: int, *, arm: str | None) -> None:
         if arm is not None:
-            self.ab_texts.labels(router.task.name, arm, error_kind(error)).inc(texts)
+            self.ab_texts.labels(task, arm, error_kind(error)).inc(texts)
 
-    def shadow_compared(self, router: Router, agreed: bool) -> None:
-        self.shadow_compared_total.labels(router.task.name, str(agreed).lower()).inc()
+    def _shadow_compared(self, task: str, agreed: bool, stats: ShadowStats) -> None:
+        self.shadow_compared_total.labels(task, str(agreed).lower()).inc()
+        with self._gauges.lock:
+            g = self._gauges.tasks[task]
+            if g.shadow is None or stats.completed >= g.shadow.completed:  # workers may race
+                g.shadow = stats
 
-    def shadow_dropped(self, router: Router) -> None:
-        self.shadow_dropped_total.labels(router.task.name).inc()
+    def _shadow_dropped(self, task: str) -> None:
+        self.shadow_dropped_total.labels(task).inc()
 
-    def reviewed(self, router: Router, prediction: Prediction) -> None:
-        self.review_queued.labels(router.task.name).inc()
+    def _reviewed(self, task: str, prediction: Prediction) -> None:
+        self.review_queued.labels(task).inc()
+
+    def _fault(self, task: str, backend: str, kind: str) -> None:
+        self.provider_faults.labels(task, backend, kind).inc()

@@ -63,6 +63,7 @@ class FunctionBackend(Backend):
         self.name = name
         self.score = score
         self.fail_on = fail_on
+        self.crash_message = f"{name} crashed"
         self.delay_s = delay_s
         self.batches: list[list[str]] = []
         self._lock = threading.Lock()
@@ -79,7 +80,7 @@ class FunctionBackend(Backend):
         if self.delay_s:
             time.sleep(self.delay_s)
         if self.fail_on and any(self.fail_on in t for t in texts):
-            raise BackendError(f"{self.name} crashed", backend=self.name)
+            raise BackendError(self.crash_message, backend=self.name)
         out = []
         for t in texts:
             scores = {n: float(v) for n, v in self.score(t).items()}
@@ -116,6 +117,7 @@ class KeywordStudent(FunctionBackend):
         super().__init__(
             task, self._scores, name="keyword-student", fail_on=fail_on, delay_s=delay_s
         )
+        self.crash_message = "student crashed"
         self.rules = rules
         self.default = default
         self.escalation_threshold = escalation_threshold
