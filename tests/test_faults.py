@@ -261,3 +261,36 @@ def test_the_real_embedded_server_is_restarted_once_then_the_failure_is_reported
     finally:
         server.stop()
         LocalServer._shared = None
+
+
+def test_faults_of_an_llm_inside_a_nested_router_are_counted_under_the_outer_name(
+    task: Task, llm: FakeProvider, tmp_path: Path
+) -> None:
+    """The fault hooks reach every LLM of the tree: the inner router's LLM retries a 429 and
+    /metrics counts it under the name the outer router gives the inner one."""
+    store = Store(tmp_path / "r.db")
+    inner = Router.from_config(
+        {"backends": {"llm": {"spec": llm.spec(**FAST)}}, "fallbacks": ["llm"]},
+        task=task, store=store,
+    )  # fmt: skip
+    outer = Router.from_config(
+        {
+            "backends": {"backup": {"spec": llm.spec(**FAST)}},
+            "cascade": {"student": "student", "escalate_to": "deep", "threshold": 0.8},
+            "fallbacks": ["backup"],
+        },
+        task=task,
+        store=store,
+        backends={"student": KeywordStudent(task, RULES), "deep": inner},
+    )
+    relayed: list[tuple[str, str]] = []
+    outer.hooks.on(Event.BACKEND_FAULT, lambda backend, kind: relayed.append((backend, kind)))
+    llm.push(Fault.status(429, retry_after=0.01))
+    with Server(create_app(outer)) as srv, srv.client() as c:
+        resp = c.post("/v1/classify", json={"text": "meh"})  # the student is unsure
+        text = c.get("/metrics").text
+    assert resp.status_code == 200, resp.text
+    pred = resp.json()["prediction"]
+    assert (pred["backend"], pred["route"]) == ("deep", ["student", "deep"])
+    assert relayed == [("deep", "rate_limit")]
+    assert metric(text, "llmclf_provider_faults_total", backend="deep", kind="rate_limit") == 1

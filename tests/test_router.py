@@ -6,8 +6,11 @@ the "student" is `KeywordStudent`, a real backend defined here whose confidence 
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +25,17 @@ from llmclf.errors import (
     TaskFileError,
     UnknownBackendHint,
 )
-from llmclf.router import Router, RouterListener
+from llmclf.hooks import Event, Hooks
+from llmclf.router import (
+    ABSplit,
+    Cascade,
+    Entry,
+    Fallback,
+    Review,
+    Router,
+    RouterListener,
+    Slot,
+)
 from llmclf.store import Store
 from llmclf.testing import KeywordStudent
 from llmclf.testing.fake_provider import FakeProvider, Fault
@@ -449,3 +462,118 @@ def test_async_path_matches_the_sync_path(task: Task, store: Store, llm: FakePro
     assert [(p.label, p.route, p.route_reason) for p in sync] == [
         (p.label, p.route, p.route_reason) for p in asy
     ]
+
+
+# -- the tree: policies, deadline, events, construction -------------------------------------------
+def test_the_router_is_a_tree_of_policies_that_warm_up_and_close_walks(
+    task: Task, store: Store, llm: FakeProvider
+) -> None:
+    cfg = cascade_config(llm, ab={"arms": {"cascade": 3, "llm": 1}}, review={"threshold": 0.5})
+    student = KeywordStudent(task, RULES)
+    with make_router(task, store, cfg, student) as router:
+        tree = list(router.walk())
+        kinds = [type(b) for b in tree]
+        assert kinds[:3] == [Router, Review, Entry]
+        assert {ABSplit, Cascade, Fallback, Slot} <= set(kinds)
+        # every named backend is one slot, shared by the policies that use it
+        assert sum(isinstance(b, Slot) for b in tree) == 2
+        assert student in tree and router.backends["student"] is student
+        # a policy is a backend of its own: the cascade answers without the router around it
+        cascade = next(b for b in tree if isinstance(b, Cascade))
+        (p,) = cascade.predict_batch(["a great film"])
+    assert (p.backend, p.route, p.route_reason) == (
+        "student", ("student",), "student confident 0.97>=0.80"
+    )
+
+
+def test_a_nested_router_respects_the_outer_latency_budget(
+    task: Task, store: Store, llm: FakeProvider
+) -> None:
+    """The outer router hands its deadline down: the inner one keeps its student's answer
+    instead of waiting for its slow LLM (without the deadline it would wait 3 s)."""
+    inner = make_router(task, store, cascade_config(llm), KeywordStudent(task, RULES))
+    outer_cfg = {"backends": {"llm": llm_entry(llm)}, "fallbacks": ["inner", "llm"]}
+    with Router.from_config(outer_cfg, task=task, store=store, backends={"inner": inner}) as outer:
+        llm.push(Fault.delay(3.0))
+        t0 = time.perf_counter()
+        (p,) = outer.predict_batch(["meh"], Hints(max_latency_ms=300))
+        elapsed = time.perf_counter() - t0
+        inner_stats = inner.stats()
+    assert elapsed < 2.0
+    assert (p.backend, p.route, p.label) == ("inner", ("inner",), "positive")  # the student's
+    assert inner_stats.budget_kept == 1 and inner_stats.escalated == 1
+
+
+def test_the_deadline_travels_in_the_hints() -> None:
+    h = Hints(max_latency_ms=250, request_key="k", backend="llm").with_deadline(start=100.0)
+    assert h.deadline == pytest.approx(100.25)
+    # an earlier deadline from an outer router wins; a later one does not
+    assert Hints(max_latency_ms=250, deadline=100.1).with_deadline(100.0).deadline == 100.1
+    assert Hints(max_latency_ms=50, deadline=100.1).with_deadline(100.0).deadline == 100.05
+    # a nested router gets the key, the id and the deadline, not the outer backend's name
+    assert h.for_nested() == Hints(request_key="k", deadline=h.deadline)
+    assert Hints(min_confidence=0.9).for_nested() is None
+    assert Hints().with_deadline(5.0).deadline is None
+
+
+def test_a_typoed_event_is_impossible() -> None:
+    hooks = Hooks()
+    with pytest.raises(AttributeError):
+        Event.ROUTD  # type: ignore[attr-defined]  # noqa: B018
+    with pytest.raises(TypeError, match="not an llmclf Event"):
+        hooks.on("routed", print)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="not an llmclf Event"):
+        hooks.emit("routed")  # type: ignore[arg-type]
+
+
+def test_stats_and_listeners_are_handlers_of_typed_events(
+    task: Task, store: Store, llm: FakeProvider
+) -> None:
+    seen: list[tuple[str, bool, bool]] = []
+    with make_router(task, store, cascade_config(llm), KeywordStudent(task, RULES)) as router:
+        router.hooks.on(
+            Event.ROUTED,
+            lambda p, *, arm, escalated, cascade: seen.append((p.backend, escalated, cascade)),
+        )
+        router.predict_batch(["great", "meh"])
+        stats = router.stats()
+    assert seen == [("student", False, True), ("llm", True, True)]
+    assert (stats.texts, stats.cascade_texts, stats.escalated) == (2, 2, 1)
+
+
+def test_config_building_takes_make_backend_by_injection(
+    task: Task, store: Store, llm: FakeProvider
+) -> None:
+    built: list[str] = []
+
+    def make(spec: str, task_: Task | None, *, store: Store | None = None, **options: object):  # type: ignore[no-untyped-def]
+        built.append(spec)
+        return KeywordStudent(task, RULES)
+
+    cfg = {"backends": {"a": "llm:openai/never-called", "b": "setfit:nowhere"},
+           "fallbacks": ["a", "b"]}  # fmt: skip
+    with Router.from_config(cfg, task=task, store=store, make_backend=make) as router:
+        (p,) = router.predict_batch(["great"])
+    assert built == ["llm:openai/never-called", "setfit:nowhere"]
+    assert (p.backend, p.label) == ("a", "positive")
+
+
+def test_no_import_cycle_between_the_registry_and_the_router() -> None:
+    # the registry, in a fresh interpreter, does not bring the router in ...
+    code = (
+        "import sys, llmclf.backends.registry as r; "
+        "assert 'llmclf.router' not in sys.modules, sorted(sys.modules); "
+        "print(','.join(r.registered_kinds()))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True
+    )
+    assert out.stdout.strip() == "llm,setfit,router"  # router: registered by the package root
+    # ... and no module of the backends layer names it, not even in a function body
+    for path in (REPO / "llmclf" / "backends").glob("*.py"):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("llmclf.router"), path
+            elif isinstance(node, ast.Import):
+                assert not any(a.name.startswith("llmclf.router") for a in node.names), path
