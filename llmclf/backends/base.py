@@ -111,6 +111,9 @@ class Backend(ABC):
     task: Task
     #: What this kind of backend is; see `Capabilities`.
     capabilities: ClassVar[Capabilities] = Capabilities()
+    #: The confidence below which a router's cascade should escalate this backend's answers
+    #: (one number, or one per label), when calibrated: a distilled student's ``router.json``.
+    escalation_threshold: float | dict[str, float] | None = None
 
     @property
     def hooks(self) -> Hooks:

@@ -391,7 +391,7 @@ def _resolve_thresholds(
     if isinstance(given, dict):
         out.update({k: float(v) for k, v in given.items()})
     student = backends[config.cascade.student]
-    card: Any = getattr(student, "escalation_threshold", None)
+    card = student.escalation_threshold
     for lab in task.label_names:
         if lab in out:
             continue
