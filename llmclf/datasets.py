@@ -12,9 +12,12 @@ A case is ``{"id", "text", "label"}`` (single-label tasks) or ``{"id", "text", "
 - ``id`` is optional. A case without one gets ``text-<first 12 hex of sha256(text)>``, so the id
   does not change when rows are added, removed or reordered; a repeated text without an id gets
   ``-2``, ``-3``, ... appended in file order. Ids are unique within a file.
-- In JSONL a line is one JSON object; blank lines are skipped. In CSV/TSV a ``labels`` cell is a
-  JSON list or names separated by ``|``. For Parquet, a `datasets.Dataset` or a list of dicts the
-  "line" in errors is the 1-based row number. Other fields of a row are ignored.
+- Files are read by `llmclf.readers` (streamed; BOM, CRLF, bad UTF-8, malformed or deeply
+  nested JSON and unreadable Parquet are errors naming the line). In JSONL a line is one JSON
+  object; blank lines are skipped. In CSV/TSV a ``labels`` cell is a JSON list or names separated
+  by ``|``, and an empty ``label``/``id`` cell is an absent value. For Parquet, a
+  `datasets.Dataset` (in memory, or a directory written by ``save_to_disk``) or a list of dicts
+  the "line" in errors is the 1-based row number. Other fields of a row are ignored.
 
 An eval set is a directory ``eval_sets/<name>/`` with ``task.yaml``, ``cases.jsonl`` and
 optionally ``pool.jsonl`` (labelled examples for few-shot prompts, drawn apart from the cases).
@@ -32,18 +35,17 @@ Example:
 
 from __future__ import annotations
 
-import csv
 import difflib
 import hashlib
 import json
 import os
-import sys
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llmclf.errors import TaskFileError
+from llmclf.readers import Row, detect_format, is_hf_dataset, iter_rows, source_name, text_of
 from llmclf.task_refs import SHIPPED_EVAL_SETS, is_name
 from llmclf.types import ABSTAIN, Task
 
@@ -66,14 +68,6 @@ __all__ = [
 #: The eval sets shipped in the repository (``<repo>/eval_sets``).
 
 _CASE_FILES = ("cases.jsonl", "cases.csv", "cases.tsv", "cases.parquet")
-_FORMATS = {
-    ".jsonl": "jsonl",
-    ".json": "jsonl",
-    ".ndjson": "jsonl",
-    ".csv": "csv",
-    ".tsv": "tsv",
-    ".parquet": "parquet",
-}
 
 
 @dataclass(frozen=True)
@@ -135,43 +129,7 @@ def generated_id(text: str) -> str:
     return "text-" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:12]
 
 
-# --------------------------------------------------------------------------- row sources
-
-
-_Row = tuple[int, Any]  # (1-based line or row number, the row as read)
-
-
-def _iter_jsonl(path: Path) -> Iterator[_Row]:
-    name = str(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise TaskFileError("file not found", path=name) from None
-    except IsADirectoryError:
-        raise TaskFileError("is a directory, not a file", path=name) from None
-    if data.startswith(b"\xef\xbb\xbf"):
-        data = data[3:]
-    for lineno, raw in enumerate(data.split(b"\n"), 1):
-        try:
-            line = raw.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise TaskFileError(f"not UTF-8 text ({exc.reason})", path=name, line=lineno) from None
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            hint = ""
-            if lineno == 1 and line.strip() == "[":
-                hint = " (this looks like a JSON array; write one JSON object per line)"
-            raise TaskFileError(
-                f"malformed JSON: {exc.msg} at column {exc.colno}{hint}", path=name, line=lineno
-            ) from None
-        except RecursionError:
-            raise TaskFileError(
-                "malformed JSON: nested too deeply", path=name, line=lineno
-            ) from None
-        yield lineno, row
+# --------------------------------------------------------------------------- CSV cells
 
 
 def _split_labels_cell(cell: str, name: str, lineno: int, field: str) -> Any:
@@ -181,7 +139,7 @@ def _split_labels_cell(cell: str, name: str, lineno: int, field: str) -> Any:
     if cell.startswith("["):
         try:
             return json.loads(cell)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             raise TaskFileError(
                 "a labels cell starting with '[' must be a JSON list of names",
                 path=name,
@@ -191,118 +149,18 @@ def _split_labels_cell(cell: str, name: str, lineno: int, field: str) -> Any:
     return [part.strip() for part in cell.split("|")]
 
 
-def _iter_csv(
-    path: Path, delimiter: str, text_field: str, label_field: str, labels_field: str
-) -> Iterator[_Row]:
-    name = str(path)
-    try:
-        stream = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115
-    except FileNotFoundError:
-        raise TaskFileError("file not found", path=name) from None
-    except IsADirectoryError:
-        raise TaskFileError("is a directory, not a file", path=name) from None
-    lineno = 1
-    try:
-        with stream:
-            reader = csv.DictReader(stream, delimiter=delimiter, restkey="\0extra")
-            header = reader.fieldnames
-            if not header:
-                return
-            if len(set(header)) != len(header):
-                dupes = sorted({h for h in header if header.count(h) > 1})
-                raise TaskFileError(f"duplicate column names: {dupes}", path=name, line=1)
-            if text_field not in header:
-                raise TaskFileError(
-                    f"no {text_field!r} column (columns: {', '.join(header)})",
-                    path=name,
-                    line=1,
-                    field=text_field,
-                )
-            start = reader.line_num + 1
-            for row in reader:
-                lineno, start = start, reader.line_num + 1
-                if "\0extra" in row:
-                    raise TaskFileError(
-                        f"row has more cells than the header's {len(header)} columns",
-                        path=name,
-                        line=lineno,
-                    )
-                out: dict[str, Any] = {k: v for k, v in row.items() if v is not None}
-                # An empty cell is an absent value in CSV (there is no null).
-                for key in (label_field, "id"):
-                    if out.get(key) == "":
-                        del out[key]
-                if labels_field in out:
-                    out[labels_field] = _split_labels_cell(
-                        out[labels_field], name, lineno, labels_field
-                    )
-                    if label_field in out and out[labels_field] == []:
-                        del out[labels_field]
-                yield lineno, out
-    except UnicodeDecodeError as exc:
-        raise TaskFileError(f"not UTF-8 text ({exc.reason})", path=name, line=lineno) from None
-    except csv.Error as exc:
-        raise TaskFileError(f"malformed CSV: {exc}", path=name, line=lineno) from None
-
-
-def _decode_class_labels(rows: list[dict[str, Any]], features: Any) -> list[dict[str, Any]]:
-    """Turn `datasets.ClassLabel` integers back into label names."""
-    import datasets
-
-    decoders: dict[str, Any] = {}
-    for key, feat in (features or {}).items():
-        if isinstance(feat, datasets.ClassLabel):
-            decoders[key] = ("one", feat)
-        elif isinstance(getattr(feat, "feature", None), datasets.ClassLabel):
-            decoders[key] = ("many", feat.feature)
-    if not decoders:
-        return rows
-
-    def dec(feat: Any, v: Any) -> Any:
-        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < feat.num_classes:
-            return feat.int2str(v)
-        return v  # left as is: the checks below name what is wrong with it
-
-    out = []
-    for row in rows:
-        row = dict(row)
-        for key, (how, feat) in decoders.items():
-            v = row.get(key)
-            if how == "one":
-                row[key] = dec(feat, v)
-            elif isinstance(v, list):
-                row[key] = [dec(feat, x) for x in v]
-        out.append(row)
-    return out
-
-
-def _iter_parquet(path: Path) -> Iterator[_Row]:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    name = str(path)
-    if not path.exists():
-        raise TaskFileError("file not found", path=name)
-    try:
-        table = pq.read_table(path)
-    except (pa.ArrowException, OSError) as exc:
-        raise TaskFileError(f"not a readable Parquet file ({exc})", path=name) from None
-    rows = table.to_pylist()
-    features = None
-    if table.schema.metadata and b"huggingface" in table.schema.metadata:
-        import datasets
-
-        try:
-            features = datasets.Features.from_arrow_schema(table.schema)
-        except Exception:  # unreadable HF metadata: read the plain columns
-            features = None
-    yield from enumerate(_decode_class_labels(rows, features), 1)
-
-
-def _is_hf_dataset(source: object) -> bool:
-    # only when `datasets` is already imported: a Dataset cannot exist otherwise
-    cls = getattr(sys.modules.get("datasets"), "Dataset", None)
-    return isinstance(cls, type) and isinstance(source, cls)
+def _from_csv_cells(row: Row, name: str, label_field: str, labels_field: str, id_field: str) -> Row:
+    """A CSV row as a case row: an empty label or id cell is an absent value (CSV has no null),
+    and a ``labels`` cell is a JSON list or names separated by ``|``."""
+    out: dict[str, Any] = dict(row.data)
+    for key in (label_field, id_field):
+        if out.get(key) == "":
+            del out[key]
+    if labels_field in out:
+        out[labels_field] = _split_labels_cell(out[labels_field], name, row.line, labels_field)
+        if label_field in out and out[labels_field] == []:
+            del out[labels_field]
+    return Row(row.line, out)
 
 
 # --------------------------------------------------------------------------- checks
@@ -322,18 +180,8 @@ def _label_error(value: Any, task: Task, name: str, line: int, field: str) -> Ta
     return TaskFileError(msg, path=name, line=line, field=field)
 
 
-def _is_unicode(text: str) -> bool:
-    """False for a string holding a lone surrogate (JSON ``"\\ud800"``): not encodable text."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
 def _row_to_case(
-    row: Any,
-    line: int,
+    row: Row,
     task: Task,
     name: str,
     text_field: str,
@@ -341,28 +189,15 @@ def _row_to_case(
     labels_field: str,
     id_field: str,
 ) -> tuple[str | None, str, tuple[str, ...]]:
-    if not isinstance(row, Mapping):
+    data, line = row.data, row.line
+    if not isinstance(data, Mapping):
         raise TaskFileError(
-            f"a case must be an object with a {text_field!r} field, got {type(row).__name__}",
+            f"a case must be an object with a {text_field!r} field, got {type(data).__name__}",
             path=name,
             line=line,
         )
-    if text_field not in row or row[text_field] is None:
-        raise TaskFileError(f"missing {text_field!r}", path=name, line=line, field=text_field)
-    text = row[text_field]
-    if not isinstance(text, str):
-        raise TaskFileError(
-            f"must be a string, got {type(text).__name__}", path=name, line=line, field=text_field
-        )
-    if not text.strip():
-        raise TaskFileError("text is empty or blank", path=name, line=line, field=text_field)
-    if not text.isascii() and not _is_unicode(text):
-        raise TaskFileError(
-            "text is not valid Unicode (a lone surrogate, e.g. an emoji cut in half)",
-            path=name, line=line, field=text_field,
-        )  # fmt: skip
-
-    rid = row.get(id_field)
+    text = text_of(row, name, text_field, what="case")
+    rid = data.get(id_field)
     if rid is not None:
         if isinstance(rid, bool) or not isinstance(rid, str | int):
             raise TaskFileError(
@@ -375,8 +210,8 @@ def _row_to_case(
         if not rid.strip():
             raise TaskFileError("id is empty", path=name, line=line, field=id_field)
 
-    single = row.get(label_field)
-    many = row.get(labels_field)
+    single = data.get(label_field)
+    many = data.get(labels_field)
     if single is not None and many is not None:
         raise TaskFileError(
             f"give one of {label_field!r} or {labels_field!r}, not both",
@@ -431,7 +266,7 @@ def _row_to_case(
 
 
 def _build_cases(
-    rows: Iterable[_Row],
+    rows: Iterable[Row],
     task: Task,
     name: str,
     text_field: str,
@@ -442,9 +277,10 @@ def _build_cases(
     cases: list[Case] = []
     seen: dict[str, int] = {}
     text_counts: dict[str, int] = {}
-    for line, row in rows:
+    for row in rows:
+        line = row.line
         rid, text, labels = _row_to_case(
-            row, line, task, name, text_field, label_field, labels_field, id_field
+            row, task, name, text_field, label_field, labels_field, id_field
         )
         origin = ""
         if rid is None:
@@ -480,8 +316,9 @@ def load_cases(
 ) -> list[Case]:
     """Load labelled cases and check every one against ``task``.
 
-    ``source`` is a path (``.jsonl``/``.json``/``.ndjson``, ``.csv``, ``.tsv``, ``.parquet``),
-    a `datasets.Dataset` (``ClassLabel`` columns are decoded to names) or a list of dicts.
+    ``source`` is a path (``.jsonl``/``.json``/``.ndjson``, ``.csv``, ``.tsv``, ``.parquet``,
+    or a `datasets` directory), a `datasets.Dataset` (``ClassLabel`` columns are decoded to
+    names) or a list of dicts.
     ``name`` is what errors call an in-memory source (default ``<rows>`` / ``<dataset>``).
     Every problem raises `TaskFileError` naming the file and line (see the module docstring).
 
@@ -491,30 +328,24 @@ def load_cases(
         ('sst2-test-000000', 'positive')
     """
     fields = (text_field, label_field, labels_field, id_field)
-    rows: Iterable[_Row]
+    where = source_name(source, name)
+    rows: Iterable[Row]
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
-        where = str(path)
-        fmt = _FORMATS.get(path.suffix.lower())
-        if fmt is None:
+        fmt = detect_format(source)
+        if fmt is None or fmt == "txt":
+            suffix = Path(source).suffix
             raise TaskFileError(
-                f"unknown file type {path.suffix!r}: use .jsonl, .csv, .tsv or .parquet",
-                path=where,
+                f"unknown file type {suffix!r}: use .jsonl, .csv, .tsv or .parquet", path=where
             )
-        if fmt == "jsonl":
-            rows = _iter_jsonl(path)
-        elif fmt == "parquet":
-            rows = _iter_parquet(path)
-        else:
-            delim = "\t" if fmt == "tsv" else ","
-            rows = _iter_csv(path, delim, text_field, label_field, labels_field)
-    elif _is_hf_dataset(source):
-        where = name or "<dataset>"
-        ds: Any = source
-        rows = enumerate(_decode_class_labels(ds.to_list(), ds.features), 1)
+        rows = iter_rows(source, fmt=fmt, name=where, columns=fields, require=[text_field])
+        if fmt in ("csv", "tsv"):
+            rows = (
+                _from_csv_cells(r, where, label_field, labels_field, id_field) for r in rows
+            )
+    elif is_hf_dataset(source):
+        rows = iter_rows(source, name=where, columns=fields, require=[text_field])
     elif isinstance(source, Sequence):
-        where = name or "<rows>"
-        rows = enumerate(source, 1)
+        rows = iter_rows(source, name=where)
     else:
         raise TaskFileError(
             f"cannot read cases from a {type(source).__name__}: give a path, "

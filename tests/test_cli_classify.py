@@ -10,14 +10,16 @@ import sys
 from tests.helpers import REPO
 
 
-def run_cli(*args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "llmclf.cli.main", *args],
         input=stdin,
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=os.environ.copy(),
+        env={**os.environ, **(env or {})},
         timeout=120,
     )
 
@@ -67,3 +69,51 @@ def test_help_on_every_command():
     assert res.returncode == 0 and "classify" in res.stdout
     res = run_cli("classify", "--help")
     assert res.returncode == 0 and "--task" in res.stdout
+
+
+def test_classify_tsv_and_parquet_files_keep_ids(fake, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    tsv = tmp_path / "in.tsv"
+    tsv.write_text("id\ttext\nt1\tloved it, truly\nt2\tdull\n")
+    res = run_cli("classify", "-t", "sst2", "-b", fake.spec(), "--input", str(tsv))
+    assert [(r["id"], r["label"]) for r in map(json.loads, res.stdout.splitlines())] == [
+        ("t1", "positive"), ("t2", "negative")
+    ]  # fmt: skip
+    pqf = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"id": [1, 2], "text": ["good", "bad"]}), pqf)
+    res = run_cli("classify", "-t", "sst2", "-b", fake.spec(), "--input", str(pqf))
+    assert [(r["id"], r["label"]) for r in map(json.loads, res.stdout.splitlines())] == [
+        ("1", "positive"), ("2", "negative")
+    ]  # fmt: skip
+
+
+def test_a_bad_input_row_is_one_line_naming_file_line_and_field(fake, tmp_path):
+    f = tmp_path / "in.jsonl"
+    f.write_text('{"text": "good"}\n{"text": 7}\n')
+    res = run_cli("classify", "-t", "sst2", "-b", fake.spec(), "--input", str(f))
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.strip() == f"error: {f}:2: text: must be a string, got int"
+
+
+def test_llm_options_are_typed_and_a_bad_value_is_one_line(fake):
+    res = run_cli("classify", "-t", "sst2", "-b", fake.spec(max_tokens=64), "I loved it")
+    assert res.returncode == 0, res.stderr
+    assert fake.chat_requests[-1]["max_tokens"] == 64
+    res = run_cli("classify", "-t", "sst2", "-b", fake.spec(max_tokens="lots"), "I loved it")
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert res.stderr.startswith("error: LLM option max_tokens='lots': expected int | None (")
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+def test_a_missing_api_key_fails_fast_naming_the_variable(fake):
+    # a request, had one been made, would land on the fake provider
+    env = {"OPENAI_API_BASE": fake.base_url}
+    res = run_cli("classify", "--task", "sst2", "--backend", "llm:openai/gpt-4o-mini", "x", env=env)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip() == (
+        "error: [llm:openai/gpt-4o-mini] no API key for openai/gpt-4o-mini: set OPENAI_API_KEY "
+        "(or LLMCLF_API_KEY, or api_key= in the backend spec)"
+    )
+    assert fake.requests == []

@@ -354,10 +354,10 @@ def test_multilabel_eval_end_to_end(tmp_path, tags_task):
 
 
 def test_secret_values_are_scrubbed_from_stored_error_messages(monkeypatch):
-    from llmclf.evaluate import _scrub, _secrets_of
+    from llmclf.redaction import redact, secrets_of_spec
 
     monkeypatch.setenv("LLMCLF_API_KEY", "sk-from-env-1234")
-    secrets = _secrets_of("llm:openai/m?api_key=sk-in-spec-9876&temperature=0")
+    secrets = secrets_of_spec("llm:openai/m?api_key=sk-in-spec-9876&temperature=0")
     assert sorted(secrets) == ["sk-from-env-1234", "sk-in-spec-9876"]
     msg = "401: bad key sk-in-spec-9876 (env sk-from-env-1234)"
-    assert _scrub(msg, secrets) == "401: bad key *** (env ***)"
+    assert redact(msg, secrets) == "401: bad key *** (env ***)"

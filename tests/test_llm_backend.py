@@ -5,19 +5,23 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
+import time
 
 import pytest
 
 import llmclf
 from llmclf import Classifier, Hints
+from llmclf.backends.llm import LLMConfig, classify_provider_error, missing_api_key_variables
 from llmclf.errors import (
     AuthError,
+    ConfigError,
     InputTextError,
     OutputValidationError,
     ProviderServerError,
     ProviderTimeout,
     RateLimitError,
 )
+from llmclf.hooks import Event
 from llmclf.store import open_store
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.types import Task
@@ -264,3 +268,100 @@ def test_unknown_backend_spec_lists_valid_forms(sentiment_task):
 def test_hints_are_accepted_by_plain_backends(fake, sentiment_task):
     pred = Classifier(sentiment_task, backend=fake.spec()).predict("good", Hints(max_latency_ms=5))
     assert pred.label == "positive"
+
+
+# -- options are converted by their declared type -------------------------------------------------
+def test_options_are_converted_by_their_declared_type(fake, sentiment_task):
+    clf = Classifier(
+        sentiment_task, backend=fake.spec(max_tokens=64, temperature="0.25", logprobs="false")
+    )
+    config = clf.backend.config
+    assert (config.max_tokens, config.temperature, config.logprobs) == (64, 0.25, False)
+    assert clf.predict("good one").label == "positive"  # min(max_tokens, 512) on an int
+    assert fake.chat_requests[-1]["max_tokens"] == 64
+    assert "logprobs" not in fake.chat_requests[-1]
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "expected"),
+    [
+        ("max_tokens", "lots", "expected int | None"),
+        ("max_tokens", "6.5", "expected int | None"),
+        ("temperature", "warm", "expected float"),
+        ("logprobs", "maybe", "expected bool"),
+        ("response_format", "xml", "expected ResponseFormat"),
+    ],
+)
+def test_a_bad_option_value_is_a_config_error_naming_option_value_and_type(
+    fake, sentiment_task, option, value, expected
+):
+    with pytest.raises(ConfigError) as info:
+        Classifier(sentiment_task, backend=fake.spec(**{option: value}))
+    message = str(info.value)
+    assert message.startswith(f"LLM option {option}={value!r}: {expected} (")
+    assert "\n" not in message
+    assert fake.requests == []
+
+
+def test_a_bad_secret_option_value_is_not_echoed():
+    with pytest.raises(ConfigError) as info:
+        LLMConfig.from_options("openai/x", {"api_key": ["sk-secret-value"]})
+    assert "sk-secret-value" not in str(info.value) and "api_key='***'" in str(info.value)
+
+
+# -- a missing or refused API key -----------------------------------------------------------------
+def test_a_missing_api_key_fails_at_once_without_any_request(fake, sentiment_task, monkeypatch):
+    for var in ("OPENAI_API_KEY", "LLMCLF_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("OPENAI_API_BASE", fake.base_url)  # a request would land here
+    clf = Classifier(sentiment_task, backend="llm:openai/gpt-4o-mini?max_retries=4&cache=false")
+    faults = []
+    clf.backend.hooks.on(Event.PROVIDER_FAULT, faults.append)
+    start = time.monotonic()
+    with pytest.raises(AuthError, match="no API key for openai/gpt-4o-mini: set OPENAI_API_KEY"):
+        clf.predict("good")
+    assert time.monotonic() - start < 2.0
+    assert fake.requests == [] and faults == ["auth"]
+    # once the key is set, the same backend asks the provider
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    assert clf.predict("good").label == "positive"
+    assert len(fake.chat_requests) == 1
+
+
+def test_a_missing_key_from_the_client_library_is_an_auth_error_not_a_server_error(monkeypatch):
+    import litellm
+
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with pytest.raises(Exception) as info:  # the openai client refuses before any request
+        litellm.completion(
+            model="openai/gpt-4o-mini", messages=[{"role": "user", "content": "x"}],
+            api_base="http://127.0.0.1:9/v1", max_retries=0,
+        )  # fmt: skip
+    assert "Missing credentials" in str(info.value)
+    typed, retryable = classify_provider_error(
+        info.value, "b", auth_hint=lambda: "check X_API_KEY"
+    )
+    assert isinstance(typed, AuthError) and not retryable
+    assert str(typed).endswith("(check X_API_KEY)")
+
+
+def test_no_key_is_needed_for_an_openai_compatible_server(fake, sentiment_task, monkeypatch):
+    for var in ("OPENAI_API_KEY", "LLMCLF_API_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    assert Classifier(sentiment_task, backend=fake.spec()).predict("good").label == "positive"
+    assert missing_api_key_variables(LLMConfig("openai/x", api_base=fake.base_url)) == [
+        "OPENAI_API_KEY"
+    ]  # make_llm_backend sends a placeholder key to such a server instead
+    assert missing_api_key_variables(LLMConfig("ollama/llama3.1")) == []  # no key, only a base
+
+
+@pytest.mark.parametrize("code", [401, 403])
+def test_a_refused_key_is_not_retried_and_says_what_to_check(fake, sentiment_task, code):
+    fake.push(Fault.status(code))
+    with pytest.raises(AuthError) as info:
+        Classifier(sentiment_task, backend=fake.spec(max_retries=4, **FAST)).predict("good")
+    assert len(fake.chat_requests) == 1 and info.value.attempts == 1
+    assert "the server wants an API key: set LLMCLF_API_KEY or api_key=" in str(info.value)
+    fake.push(Fault.status(code))
+    with pytest.raises(AuthError, match=r"check api_key= in the backend spec"):
+        Classifier(sentiment_task, backend=fake.spec(api_key="sk-wrong", **FAST)).predict("bad")

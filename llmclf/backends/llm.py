@@ -13,20 +13,22 @@ Example:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
 import random
+import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, get_type_hints
 
-from pydantic import BaseModel, ConfigDict, Field, create_model
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from llmclf.backends.base import Backend, Capabilities, Hints
 from llmclf.errors import (
@@ -42,7 +44,7 @@ from llmclf.errors import (
 )
 from llmclf.hooks import Event
 from llmclf.prompts import PromptTemplate
-from llmclf.redaction import redact
+from llmclf.redaction import SECRET_OPTION, redact
 from llmclf.store import Store, open_store
 from llmclf.types import ABSTAIN, Example, Prediction, Task, Usage
 
@@ -52,6 +54,9 @@ log = logging.getLogger("llmclf.llm")
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 # instructor logs every failed attempt at ERROR; we raise one typed error instead
 logging.getLogger("instructor").setLevel(logging.CRITICAL)
+
+#: The placeholder key sent to servers that want none (the OpenAI SDK insists on one).
+NO_KEY = "sk-no-key-required"
 
 ResponseFormat = Literal["json_schema", "json_object_schema", "none"]
 
@@ -83,28 +88,46 @@ class LLMConfig:
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
-    def from_options(cls, model: str, options: dict[str, Any]) -> LLMConfig:
-        """Build from string options (a spec's query string), converting types by field."""
-        known = {f.name: f for f in fields(cls)}
+    def from_options(cls, model: str, options: Mapping[str, Any]) -> LLMConfig:
+        """Build from options (a spec's query string, or keyword arguments), each converted to
+        its field's declared type: ``max_tokens=64`` is the integer 64, ``logprobs=false`` is
+        False. An unknown option, or a value its type does not take, is a `ConfigError`.
+
+        Example:
+            >>> LLMConfig.from_options("openai/x", {"max_tokens": "64"}).max_tokens
+            64
+            >>> LLMConfig.from_options("openai/x", {"max_tokens": "lots"})  # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            ...
+            llmclf.errors.ConfigError: LLM option max_tokens='lots': expected int | None (...)
+        """
+        adapters = _option_adapters()
         kwargs: dict[str, Any] = {"model": model}
         for key, value in options.items():
-            if key not in known or key in {"model", "extra"}:
+            if key not in adapters:
+                raise ConfigError(f"unknown LLM option {key!r}; known: {sorted(adapters)}")
+            type_name, adapter = adapters[key]
+            try:
+                kwargs[key] = adapter.validate_python(value)
+            except ValidationError as exc:
+                shown = "'***'" if SECRET_OPTION.search(key) else repr(value)
+                reason = "; ".join(e["msg"] for e in exc.errors(include_url=False)[:2])
                 raise ConfigError(
-                    f"unknown LLM option {key!r}; known: {sorted(set(known) - {'model', 'extra'})}"
-                )
-            default = known[key].default
-            if isinstance(value, str) and isinstance(default, bool):
-                value = value.lower() in {"1", "true", "yes", "on"}
-            elif (
-                isinstance(value, str)
-                and isinstance(default, int)
-                and not isinstance(default, bool)
-            ):
-                value = int(value)
-            elif isinstance(value, str) and isinstance(default, float):
-                value = float(value)
-            kwargs[key] = value
+                    f"LLM option {key}={shown}: expected {type_name} ({reason})"
+                ) from None
         return cls(**kwargs)
+
+
+@functools.cache
+def _option_adapters() -> dict[str, tuple[str, TypeAdapter[Any]]]:
+    """``{option: (its declared type as written, a pydantic adapter for it)}`` for every
+    `LLMConfig` field a user may set (all but ``model`` and ``extra``)."""
+    hints = get_type_hints(LLMConfig)
+    return {
+        f.name: (str(f.type), TypeAdapter(hints[f.name]))
+        for f in fields(LLMConfig)
+        if f.name not in {"model", "extra"}
+    }
 
 
 def answer_model(task: Task) -> type[BaseModel]:
@@ -137,18 +160,58 @@ def _retry_after(exc: BaseException) -> float | None:
         return None
 
 
+#: What client libraries say when they find no API key (litellm wraps it in a 500).
+_MISSING_KEY_SIGNS = ("Missing credentials", "api_key client option must be set")
+#: `litellm.validate_environment` also lists settings that are not secrets (``OLLAMA_API_BASE``,
+#: ``AZURE_API_VERSION``, AWS/Vertex credentials that may come from elsewhere): only an API key
+#: or token variable that is missing means no request can succeed.
+_KEY_VARIABLE = re.compile(r"_API_(KEY|TOKEN)$")
+
+
+def missing_api_key_variables(config: LLMConfig) -> list[str]:
+    """The environment variables one of which must be set before ``config.model`` can answer,
+    or [] when the key is given (``api_key``) or not needed. Uses
+    `litellm.validate_environment`, which looks at the environment only (no request).
+
+    Example:
+        >>> missing_api_key_variables(LLMConfig("openai/gpt-4o-mini"))   # doctest: +SKIP
+        ['OPENAI_API_KEY']
+    """
+    if config.api_key:
+        return []
+    import litellm
+
+    try:
+        found = litellm.validate_environment(model=config.model, api_base=config.api_base)
+    except Exception:  # an unknown provider: let the call say what is wrong
+        return []
+    return [k for k in found.get("missing_keys") or () if _KEY_VARIABLE.search(k)]
+
+
 def classify_provider_error(
-    exc: BaseException, backend: str, secrets: Sequence[str | None] = ()
+    exc: BaseException,
+    backend: str,
+    secrets: Sequence[str | None] = (),
+    *,
+    auth_hint: Callable[[], str] | None = None,
 ) -> tuple[ProviderError, bool]:
     """Map a litellm/openai exception to (our typed error, whether retrying can help).
 
-    ``secrets`` (the API key) are removed from the message: some providers quote the key."""
+    ``secrets`` (the API key) are removed from the message: some providers quote the key.
+    A missing or refused key is an `AuthError`, never retried; ``auth_hint()`` (what to check,
+    e.g. ``check OPENAI_API_KEY``) is appended to its message."""
     import litellm
 
     status = getattr(exc, "status_code", None)
     msg = f"{type(exc).__name__}: {redact(str(exc), secrets)[:500]}"
-    if isinstance(exc, litellm.AuthenticationError | litellm.PermissionDeniedError):
-        return AuthError(msg, backend=backend, status_code=status), False
+    # litellm reports some providers' 403 as a plain APIError carrying the status
+    is_auth = isinstance(
+        exc, litellm.AuthenticationError | litellm.PermissionDeniedError
+    ) or status in (401, 403)
+    # a client library that finds no key says so; litellm reports that as a 500
+    if is_auth or any(sign in str(exc) for sign in _MISSING_KEY_SIGNS):
+        hint = f" ({auth_hint()})" if auth_hint is not None else ""
+        return AuthError(msg + hint, backend=backend, status_code=status), False
     if isinstance(exc, litellm.RateLimitError):
         return RateLimitError(
             msg, backend=backend, status_code=429, retry_after=_retry_after(exc)
@@ -270,6 +333,7 @@ class LLMBackend(Backend):
         self._selector_lock = threading.Lock()
         self._client: Any = None
         self._client_lock = threading.Lock()
+        self._key_checked = base_url_provider is not None  # the embedded server needs no key
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -398,7 +462,9 @@ class LLMBackend(Backend):
             except ProviderError as err:
                 typed, retryable, kind = err, True, fault_kind(err, err)
             except Exception as exc:  # litellm/openai/httpx errors
-                typed, retryable = classify_provider_error(exc, self.name, [self.config.api_key])
+                typed, retryable = classify_provider_error(
+                    exc, self.name, [self.config.api_key], auth_hint=self._key_hint
+                )
                 kind = fault_kind(exc, typed)
             self.hooks.emit(Event.PROVIDER_FAULT, kind)
             if (
@@ -423,6 +489,39 @@ class LLMBackend(Backend):
                 delay = min(self.config.backoff_max_s, max(typed.retry_after, 0.0))
             log.warning("%s: %s; retry %d in %.2fs", self.name, kind, attempt, delay)
             time.sleep(delay)
+
+    def _check_api_key(self) -> None:
+        """Raise `AuthError` before any request when the provider's API key is nowhere to be
+        found: retrying cannot help, and the message names the variable to set."""
+        if self._key_checked:
+            return
+        missing = missing_api_key_variables(self.config)
+        if missing:
+            self.hooks.emit(Event.PROVIDER_FAULT, "auth")
+            raise AuthError(
+                f"no API key for {self.config.model}: set {' or '.join(missing)} "
+                "(or LLMCLF_API_KEY, or api_key= in the backend spec)",
+                backend=self.name,
+                attempts=0,
+            )
+        self._key_checked = True
+
+    def _key_hint(self) -> str:
+        """Where the key that was refused came from, so a user knows what to fix."""
+        key = self.config.api_key
+        if key == NO_KEY:
+            return "the server wants an API key: set LLMCLF_API_KEY or api_key= in the spec"
+        if key and key == os.environ.get("LLMCLF_API_KEY"):
+            return "check LLMCLF_API_KEY"
+        if key:
+            return "check api_key= in the backend spec"
+        try:
+            import litellm
+
+            provider = litellm.get_llm_provider(model=self.config.model)[1]
+        except Exception:
+            return "check the provider's API key variable"
+        return f"check {provider.upper()}_API_KEY"
 
     def _usage_of(self, resp: Any) -> Usage:
         u = getattr(resp, "usage", None)
@@ -449,6 +548,7 @@ class LLMBackend(Backend):
         """One validated answer (re-asked with the validation error up to ``max_reasks``)."""
         from instructor.core.exceptions import InstructorRetryException
 
+        self._check_api_key()
         client = self._instructor()
         try:
             answer, completion = client.create_with_completion(
@@ -626,7 +726,7 @@ def make_llm_backend(
         opts = {"response_format": "json_object_schema", "top_logprobs": 50, "concurrency": 2}
         opts.update(options)
         config = LLMConfig.from_options(f"openai/{MODEL_ALIAS}", opts)
-        config = replace(config, api_key=config.api_key or "sk-no-key-required")
+        config = replace(config, api_key=config.api_key or NO_KEY)
         return LLMBackend(
             task,
             config,
@@ -644,5 +744,5 @@ def make_llm_backend(
             config.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY")
         ):
             # a self-hosted OpenAI-compatible server usually wants no key, but the SDK wants one
-            config = replace(config, api_key="sk-no-key-required")
+            config = replace(config, api_key=NO_KEY)
     return LLMBackend(task, config, name=f"llm:{model}", store=store)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+from itertools import islice
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -9,7 +11,7 @@ import typer
 
 from llmclf.classifier import Classifier
 from llmclf.cli.common import print_json_line, resolve_task
-from llmclf.unlabeled import iter_texts
+from llmclf.unlabeled import TextItem, iter_texts
 
 
 def classify(
@@ -22,7 +24,7 @@ def classify(
     ] = "llm:local",
     input: Annotated[
         Path | None,
-        typer.Option("--input", "-i", help="JSONL/CSV/Parquet/text file; '-' reads stdin."),
+        typer.Option("--input", "-i", help="JSONL/CSV/TSV/Parquet/text file; '-' reads stdin."),
     ] = None,
     prompt: Annotated[
         str | None, typer.Option("--prompt", "-p", help="Prompt template name or path.")
@@ -36,21 +38,20 @@ def classify(
     """
     t = resolve_task(task)
     options: dict[str, Any] = {"prompt": prompt} if prompt else {}
+    items: Iterable[TextItem]
     if texts:
-        items = list(texts)
-        ids: list[str | None] = [None] * len(items)
+        items = (TextItem(text=text, line=i) for i, text in enumerate(texts, 1))
     else:
-        source = str(input) if input is not None else "-"
-        rows = list(iter_texts(source, text_field=text_field))
-        items = [r.text for r in rows]
-        ids = [r.id for r in rows]
+        # streamed: a file of millions of rows is read a batch at a time
+        items = iter_texts(str(input) if input is not None else "-", text_field=text_field)
     with Classifier(t, backend=backend, batch_size=batch_size, **options) as clf:
-        for start in range(0, len(items), batch_size):
-            chunk = items[start : start + batch_size]
-            for offset, pred in enumerate(clf.predict_many(chunk)):
+        it = iter(items)
+        while chunk := list(islice(it, max(1, batch_size))):
+            preds = clf.predict_many([item.text for item in chunk])
+            for item, pred in zip(chunk, preds, strict=True):
                 out = pred.to_json_dict()
-                if ids[start + offset] is not None:
-                    out = {"id": ids[start + offset], **out}
+                if item.id is not None:
+                    out = {"id": item.id, **out}
                 print_json_line(out)
 
 
