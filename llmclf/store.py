@@ -375,3 +375,12 @@ def open_store(path: str | Path | None = None, *, factory: Callable[[str], Store
         if key not in _default:
             _default[key] = factory(target)
         return _default[key]
+
+
+def close_stores() -> None:
+    """Close and forget every store `open_store` opened in this process (tests, shutdown)."""
+    with _default_lock:
+        stores = list(_default.values())
+        _default.clear()
+    for s in stores:
+        s.close()

@@ -265,10 +265,13 @@ def resolve_router_config(
         thresholds = _resolve_thresholds(config, task, all_backends, where)
         review_store = store
         if config.review is not None and config.review.store is not None:
-            review_path = Path(config.review.store).expanduser()
-            if not review_path.is_absolute():
-                review_path = base / review_path
-            review_store = open_store(review_path)
+            if "://" in config.review.store:  # a store URL (sqlite:///..., postgresql://...)
+                review_store = open_store(config.review.store)
+            else:
+                review_path = Path(config.review.store).expanduser()
+                if not review_path.is_absolute():
+                    review_path = base / review_path
+                review_store = open_store(review_path)
     except BaseException:
         for b in built.values():
             with contextlib.suppress(Exception):
