@@ -357,3 +357,99 @@ def test_classifier_with_shortlist_spec_option_builds_the_student(fake_llm, inte
     missing = tmp_path / "no-student"
     with pytest.raises(Exception, match="does not exist"):
         Classifier(intents, backend=fake_llm.spec(shortlist=f"setfit:{missing}"))
+
+
+# -- a real student from an eval set's pool -------------------------------------------------------
+POOL_TEXTS = {
+    "card_arrival": ["where is my new card", "my card has not arrived yet", "card still not here"],
+    "card_lost": ["I lost my card", "my card was stolen", "someone took my wallet and card"],
+    "exchange_rate": ["what rate do you use for euros", "exchange rate for dollars?",
+                      "how much is a pound in euros"],
+    "top_up": ["how do I add money", "top up my account", "put money into my account"],
+    "refund": ["I want my money back for this purchase", "refund my order",
+               "the shop owes me a refund"],
+    "pin_blocked": ["my PIN is blocked", "I typed the wrong PIN three times", "PIN locked"],
+    "transfer_failed": ["my transfer did not go through", "the payment to my friend failed",
+                        "bank transfer was rejected"],
+    "close_account": ["close my account", "I want to delete my account", "cancel my membership"],
+}  # fmt: skip
+
+
+def said(result: object) -> str:
+    """What a failed CLI run reported: its output, or the error the CLI prints in one line."""
+    exc = getattr(result, "exception", None)
+    return f"{getattr(result, 'output', '')} {exc if exc is not None else ''}"
+
+
+@pytest.fixture(scope="module")
+def pool_student_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``llmclf distill --from-pool`` on a small eval set: a real SetFit student on gold."""
+    pytest.importorskip("sentence_transformers")
+    from typer.testing import CliRunner
+
+    from llmclf.cli.main import app
+
+    root = tmp_path_factory.mktemp("pool-eval")
+    es = root / "intents"
+    es.mkdir()
+    (es / "task.yaml").write_text(INTENTS)
+    pool = [{"id": f"p{i}-{j}", "text": t, "label": lab}
+            for i, (lab, texts) in enumerate(POOL_TEXTS.items()) for j, t in enumerate(texts)]
+    (es / "pool.jsonl").write_text("".join(json.dumps(r) + "\n" for r in pool))
+    cases = [{"id": "c1", "text": "has my card been posted", "label": "card_arrival"},
+             {"id": "c2", "text": "my purse with the card got stolen", "label": "card_lost"}]
+    (es / "cases.jsonl").write_text("".join(json.dumps(r) + "\n" for r in cases))
+    out = root / "student"
+    res = CliRunner().invoke(
+        app, ["distill", "--from-pool", "-e", str(es), "--out", str(out), "--no-int8", "--quiet",
+              "--json"],
+    )  # fmt: skip
+    assert res.exit_code == 0, res.output
+    summary = json.loads(res.stdout.strip().splitlines()[-1])
+    assert summary["source"] == "pool" and summary["n_train"] == 24
+    assert summary["student"]["n"] == 2 and summary["run_id"]
+    card = json.loads((out / "card.json").read_text())
+    assert card["source"] == "pool" and card["teacher"] is None
+    assert card["data"]["counts"] == {lab: 3 for lab in POOL_TEXTS}
+    # an existing directory is refused without --force; nothing is half-written
+    again = CliRunner().invoke(app, ["distill", "--from-pool", "-e", str(es), "--out", str(out)])
+    assert again.exit_code != 0 and "already exists" in said(again)
+    return out
+
+
+def test_from_pool_student_serves_the_llm_shortlist(pool_student_dir, intents):
+    student = make_backend(f"setfit:{pool_student_dir}", intents)
+    scores = student.predict_batch(["someone stole my card"])[0].scores
+    assert set(scores) == set(intents.label_names)
+    ranked = sorted(scores, key=lambda n: -scores[n])
+    with FakeProvider(rules={"stole": "card_lost"}) as fp:
+        clf = Classifier(
+            intents, backend=fp.spec(shortlist=f"setfit:{pool_student_dir}", shortlist_k=3)
+        )
+        pred = clf.predict("someone stole my card")
+        choices, _ = sent_labels(fp.chat_requests[-1])
+    assert sorted(choices) == sorted(ranked[:3])
+    assert "card_lost" in choices and pred.label == "card_lost"
+    assert pred.route_reason is not None
+    assert pred.route_reason.startswith(f"shortlist top-3 of 8 by setfit:{pool_student_dir}: ")
+    assert sum(pred.scores.values()) == pytest.approx(1.0, abs=1e-4)
+
+
+def test_from_pool_needs_an_eval_set_with_a_pool(tmp_path):
+    from typer.testing import CliRunner
+
+    from llmclf.cli.main import app
+
+    es = tmp_path / "nopool"
+    es.mkdir()
+    (es / "task.yaml").write_text(INTENTS)
+    (es / "cases.jsonl").write_text('{"id": "c1", "text": "hi", "label": "refund"}\n')
+    res = CliRunner().invoke(app, ["distill", "--from-pool", "--out", str(tmp_path / "m")])
+    assert res.exit_code != 0 and "--eval-set" in said(res)
+    res = CliRunner().invoke(
+        app, ["distill", "--from-pool", "-e", str(es), "--out", str(tmp_path / "m")]
+    )
+    assert res.exit_code != 0 and "has no pool.jsonl" in said(res)
+    assert not (tmp_path / "m").exists()
+    res = CliRunner().invoke(app, ["distill", "--out", str(tmp_path / "m")])
+    assert res.exit_code != 0 and "--unlabeled" in said(res)
