@@ -135,6 +135,31 @@ def calibration(
     return {"ece": _f(ece) if n else None, "n": n, "n_bins": n_bins, "bins": bins}
 
 
+def brier(task: Task, scores: Any, golds: Sequence[Sequence[str]]) -> float | None:
+    """The Brier score of score rows (task label order) against gold answers: for a binary
+    task the squared error of the positive label's score (`sklearn.metrics.brier_score_loss`);
+    for a multiclass task the squared error summed over labels; for a multi-label one the
+    squared error averaged over labels. None without cases.
+
+    Example:
+        >>> from llmclf.types import Label
+        >>> t = Task(name="t", kind="binary", positive_label="p",
+        ...          labels=[Label(name="n"), Label(name="p")])
+        >>> round(brier(t, [[0.2, 0.8], [0.6, 0.4]], [["p"], ["n"]]), 3)
+        0.1
+    """
+    p = np.asarray(scores, dtype=float)
+    if not len(golds):
+        return None
+    names = list(task.label_names)
+    y = np.array([[int(n in g) for n in names] for g in golds])
+    if task.kind == "binary":
+        pos = names.index(task.positive_label or names[1])
+        return _f(skm.brier_score_loss(y[:, pos], np.clip(p[:, pos], 0.0, 1.0)))
+    sq = (np.clip(p, 0.0, 1.0) - y) ** 2
+    return _f(sq.mean(axis=1).mean() if task.is_multilabel else sq.sum(axis=1).mean())
+
+
 def coverage_curve(confidences: Sequence[float], correct: Sequence[bool]) -> list[dict[str, Any]]:
     """Accuracy of the k % most confident cases, k = 10..100 (ties keep input order).
 

@@ -300,3 +300,96 @@ def test_saved_calibration_round_trips_and_calibrated_threshold_is_half() -> Non
     assert p.calibrated and p.threshold is None
     assert p.scores["positive"] == pytest.approx(0.449, abs=1e-3)
     assert p.labels == ("negative",)
+
+
+# -- llmclf calibrate ------------------------------------------------------------------------------
+
+
+def _overconfident_eval_set(root: Path, n: int = 120) -> Path:
+    """Half the texts are liked; the fake model is right on 70% of them at confidence 0.95."""
+    from tests.helpers import make_eval_set
+
+    cases = [
+        (f"c{i:03d}", f"{'liked' if i % 2 else 'hated'} film number {i}",
+         "positive" if i % 2 else "negative")
+        for i in range(n)
+    ]  # fmt: skip
+    return make_eval_set(root, "overconf", cases=cases)
+
+
+def _seventy_percent(text: str) -> str:
+    i = int(text.rsplit(" ", 1)[-1])
+    right = "positive" if "liked" in text else "negative"
+    wrong = "negative" if right == "positive" else "positive"
+    return right if (i * 7) % 10 < 7 else wrong
+
+
+def test_calibrate_cli_fits_on_one_half_reports_on_the_other_and_is_applied(
+    tmp_path: Path,
+) -> None:
+    from typer.testing import CliRunner
+
+    from llmclf.cli.main import app
+    from llmclf.datasets import load_eval_set
+    from llmclf.metrics import split_half
+
+    es_dir = _overconfident_eval_set(tmp_path)
+    with FakeProvider(labeler=_seventy_percent, confidence=0.95) as fake:
+        res = CliRunner().invoke(
+            app,
+            ["calibrate", "-e", str(es_dir), "-b", fake.spec(), "--method", "temperature",
+             "--json", "--no-progress"],
+            catch_exceptions=False,
+        )  # fmt: skip
+        assert res.exit_code == 0, res.output
+        out = json.loads(res.stdout)
+        es = load_eval_set(es_dir)
+        held_out = {c.text for c in es.cases if split_half(c.id) == 1}
+        fitted = {c.text for c in es.cases if split_half(c.id) == 0}
+        asked = [FakeProvider.text_of(r) for r in fake.chat_requests]
+        assert held_out and fitted and set(asked) == held_out | fitted
+        assert out["report_cases"] == len(held_out)
+        assert out["fitted_on"]["cases"] == len(fitted)
+        assert out["before"]["ece"] > 0.15
+        assert out["after"]["ece"] < out["before"]["ece"] - 0.1
+        assert out["after"]["brier"] < out["before"]["brier"]
+        assert out["before"]["accuracy"] == out["after"]["accuracy"]  # temperature keeps ranks
+        saved = load_calibration(out["path"])
+        assert saved.method == "temperature" and saved.backend == "llm:openai/fake"
+        # from now on the backend applies it
+        (p,) = make_backend(fake.spec(), es.task).predict_batch(["liked film number 1"])
+    assert p.calibrated and p.score_source == "logprobs+temperature"
+    assert 0.6 < p.confidence < 0.8
+
+
+def test_calibrate_contextual_asks_content_free_inputs_only_for_the_fit(tmp_path: Path) -> None:
+    from llmclf.calibrate import calibrate
+    from llmclf.datasets import load_eval_set
+
+    es = load_eval_set(_overconfident_eval_set(tmp_path, n=10))
+    rules = {"liked": "positive", "hated": "negative"}
+    with FakeProvider(rules=rules, default="positive", confidence=0.8) as fake:
+        rep = calibrate(es, fake.spec(), method="contextual", progress=False)
+        asked = [FakeProvider.text_of(r) for r in fake.chat_requests]
+    assert sorted(asked[:3]) == sorted(["N/A", "", "[MASK]"])
+    assert sorted(asked[3:]) == sorted(c.text for c in es.cases)
+    # every content-free input was answered positive at 0.8: that is the bias divided out
+    assert rep.calibration.params["bias"] == pytest.approx([0.2, 0.8], abs=1e-3)
+    assert rep.report_cases == 10
+    assert rep.after["accuracy"] == 1.0
+
+
+def test_calibrate_refuses_a_router_and_an_unknown_method(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from llmclf.calibrate import calibrate
+    from llmclf.cli.main import app
+    from llmclf.datasets import load_eval_set
+
+    es = load_eval_set(_overconfident_eval_set(tmp_path, n=4))
+    with pytest.raises(ConfigError, match="calibrate its student and its LLM"):
+        calibrate(es, "router:router.yaml")
+    with pytest.raises(ConfigError, match="--method must be one of"):
+        CliRunner().invoke(
+            app, ["calibrate", "-e", str(es.dir), "--method", "magic"], catch_exceptions=False
+        )
