@@ -393,3 +393,28 @@ def test_calibrate_refuses_a_router_and_an_unknown_method(tmp_path: Path) -> Non
         CliRunner().invoke(
             app, ["calibrate", "-e", str(es.dir), "--method", "magic"], catch_exceptions=False
         )
+
+
+def test_eval_reports_ece_before_and_after_calibration(tmp_path: Path) -> None:
+    from llmclf.datasets import load_eval_set
+    from llmclf.evaluate import compare_runs, evaluate
+    from llmclf.report import render_html
+
+    es = load_eval_set(_overconfident_eval_set(tmp_path, n=60))
+    with FakeProvider(labeler=_seventy_percent, confidence=0.95) as fake:
+        raw_run = evaluate(es, fake.spec(), progress=False)
+        _store_calibration(
+            "llm:openai/fake", PromptTemplate.load(es.task.prompt).id, es.task
+        )  # T = 2
+        cal_run = evaluate(es, fake.spec(), progress=False)
+    m = cal_run.metrics
+    assert "calibration_raw" not in raw_run.metrics
+    # the raw view of the calibrated run is the uncalibrated run
+    assert m["calibration_raw"]["ece"] == pytest.approx(raw_run.metrics["calibration"]["ece"])
+    assert m["calibration"]["ece"] < m["calibration_raw"]["ece"] - 0.1
+    assert m["score_sources"] == {"logprobs+temperature": 60}
+    html = render_html(cal_run)
+    assert 'id="reliability-raw"' in html and "after calibration" in html
+    assert 'id="reliability-raw"' not in render_html(raw_run)
+    diff = compare_runs(raw_run, cal_run)
+    assert diff["metrics"]["ece"]["delta"] < -0.1
