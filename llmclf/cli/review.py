@@ -44,27 +44,22 @@ def _task_info(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _get_row(store: Store, review_id: int) -> dict[str, Any] | None:
-    for status in ("pending", "labelled"):
-        # review_list has no lookup by id; the queue is ordered by id, so scan by status
-        for row in store.review_list(status=status, limit=1_000_000):
-            if row["id"] == review_id:
-                return row
-    return None
+    return store.review_get(review_id)
 
 
 @review_app.command("list")
 def list_(
     task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task.")] = None,
     status: Annotated[
-        str, typer.Option(help="pending, labelled or all.")
+        str, typer.Option(help="pending, labelled, skipped or all.")
     ] = "pending",
     limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     store: StoreOpt = None,
 ) -> None:
     """List queued predictions (lowest id first)."""
-    if status not in ("pending", "labelled", "all"):
-        raise ConfigError(f"--status must be pending, labelled or all, not {status!r}")
+    if status not in ("pending", "labelled", "skipped", "all"):
+        raise ConfigError(f"--status must be pending, labelled, skipped or all, not {status!r}")
     rows = _store(store).review_list(
         task=task, status=None if status == "all" else status, limit=limit
     )
