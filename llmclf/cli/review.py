@@ -141,5 +141,42 @@ def export(
     typer.echo(f"wrote {len(rows)} labelled rows to {out}")
 
 
+@review_app.command("ui")
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the API key (several: comma-separated)."),
+    ] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Requests per second allowed per API key.")
+    ] = None,
+    rate_burst: Annotated[int | None, typer.Option(help="Burst size of the rate limit.")] = None,
+    store: StoreOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the review page (GET /review) without a classifier, on the store's queue."""
+    import sys
+
+    import uvicorn
+
+    from llmclf.service import ServiceSettings
+    from llmclf.service.review_api import create_review_app
+
+    keys: frozenset[str] = frozenset()
+    if api_key_env:
+        raw = os.environ.get(api_key_env, "")
+        keys = frozenset(k.strip() for k in raw.split(",") if k.strip())
+        if not keys:
+            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty")
+    settings = ServiceSettings(api_keys=keys, rate_limit_per_s=rate_limit, rate_burst=rate_burst)
+    app = create_review_app(_store(store), settings)
+    auth = f"; API key from ${api_key_env}" if keys else ""
+    typer.echo(f"llmclf: review page on http://{host}:{port}/review{auth}", err=True)
+    sys.stderr.flush()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(review_app, name="review")

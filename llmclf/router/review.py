@@ -108,6 +108,11 @@ class Review(Policy):
         with contextlib.suppress(RuntimeError):  # closed
             self._io.submit(self._write, [(0, 1, text, answer, shadow)], request_id)
 
+    @property
+    def store(self) -> Store:
+        """Where the rows go (the default store is opened on first use)."""
+        return self._open()
+
     def _open(self) -> Store:
         with self._store_lock:
             if self._store is None:
