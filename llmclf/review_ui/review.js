@@ -1,5 +1,5 @@
 // llmclf review page: work through the review queue by keyboard.
-// Every piece of data reaches the page through textContent, never innerHTML.
+// Every piece of data reaches the page through textContent; no HTML is built from strings.
 "use strict";
 
 (function () {
