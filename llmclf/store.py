@@ -28,7 +28,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from llmclf.errors import StoreError
+from llmclf.errors import ReviewConflict, StoreError
 from llmclf.storage import Database, connect, default_url, parse_url
 
 MIGRATIONS: list[tuple[str, str]] = [
@@ -100,7 +100,30 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX review_task_status ON review(task, status);
         """,
     ),
+    (
+        # one row per decision a person made on a review item (kept when undone: nothing is
+        # lost); review.decision names the current one. Portable SQL (SQLite and PostgreSQL).
+        "005_review_decisions",
+        """
+        CREATE TABLE review_decisions (
+            id TEXT PRIMARY KEY,
+            review_id INTEGER NOT NULL REFERENCES review(id),
+            task TEXT NOT NULL,
+            action TEXT NOT NULL,
+            gold TEXT,
+            reviewer TEXT,
+            decided REAL NOT NULL,
+            undone REAL
+        );
+        CREATE INDEX review_decisions_item ON review_decisions(review_id);
+        CREATE INDEX review_created ON review(task, created);
+        ALTER TABLE review ADD COLUMN decision TEXT;
+        """,
+    ),
 ]
+
+#: What a person can do with a review item: give gold labels, or skip it.
+REVIEW_ACTIONS = ("labelled", "skipped")
 
 
 def _dumps(obj: Any) -> str:
@@ -314,35 +337,60 @@ class Store:
             return int(row[0]) if row else 0
 
     def review_list(
-        self, task: str | None = None, status: str | None = "pending", limit: int = 100
+        self,
+        task: str | None = None,
+        status: str | None = "pending",
+        limit: int = 100,
+        *,
+        after_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        sql = "SELECT id, request_id, created, task, text, prediction, status, gold FROM review"
-        where, args = [], []
+        """Queued rows, lowest id first (``status`` None: any); ``after_id`` pages on."""
+        sql = (
+            "SELECT id, request_id, created, task, text, prediction, status, gold, reviewed,"
+            " decision FROM review"
+        )
+        where: list[str] = []
+        args: list[Any] = []
         if task:
             where.append("task = ?")
             args.append(task)
         if status:
             where.append("status = ?")
             args.append(status)
+        if after_id is not None:
+            where.append("id > ?")
+            args.append(after_id)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id LIMIT ?"
-        rows = self._read(sql, (*args, limit))
-        return [
-            {
-                "id": r[0],
-                "request_id": r[1],
-                "created": r[2],
-                "task": r[3],
-                "text": r[4],
-                "prediction": json.loads(r[5]),
-                "status": r[6],
-                "gold": json.loads(r[7]) if r[7] else None,
-            }
-            for r in rows
-        ]
+        return [self._review_row(r) for r in self._read(sql, (*args, limit))]
+
+    @staticmethod
+    def _review_row(r: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            "id": r[0],
+            "request_id": r[1],
+            "created": r[2],
+            "task": r[3],
+            "text": r[4],
+            "prediction": json.loads(r[5]),
+            "status": r[6],
+            "gold": json.loads(r[7]) if r[7] else None,
+            "reviewed": r[8],
+            "decision": r[9],
+        }
+
+    def review_get(self, review_id: int) -> dict[str, Any] | None:
+        """One queued row by id (None when there is none)."""
+        rows = self._read(
+            "SELECT id, request_id, created, task, text, prediction, status, gold, reviewed,"
+            " decision FROM review WHERE id = ?",
+            (review_id,),
+        )
+        return self._review_row(rows[0]) if rows else None
 
     def review_label(self, review_id: int, gold: list[str]) -> bool:
+        """Set the gold labels of a row whatever its state (the CLI's ``review label``)."""
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE review SET status = 'labelled', gold = ?, reviewed = ? WHERE id = ?",
@@ -350,8 +398,200 @@ class Store:
             )
             return cur.rowcount == 1
 
+    def review_labels_since(self, task: str, since: float) -> list[list[str]]:
+        """The predicted labels of the rows of ``task`` queued at or after ``since``."""
+        rows = self._read(
+            "SELECT prediction FROM review WHERE task = ? AND created >= ? ORDER BY id",
+            (task, since),
+        )
+        out = []
+        for (pred,) in rows:
+            labels = json.loads(pred).get("labels") or []
+            out.append([str(x) for x in labels])
+        return out
+
+    def review_decide(
+        self,
+        review_id: int,
+        action: str,
+        gold: list[str] | None = None,
+        *,
+        reviewer: str | None = None,
+    ) -> dict[str, Any]:
+        """Record one person's decision on a pending row, in one transaction.
+
+        ``action``: ``labelled`` (with ``gold``) or ``skipped``. Only a pending row can be
+        decided: when two people decide the same row, the first is recorded and the second
+        gets `ReviewConflict` naming the decision already made. Returns the decision.
+
+        Example:
+            >>> s = Store(":memory:")
+            >>> rid = s.review_add("t", "meh", {"labels": ["a"]})
+            >>> s.review_decide(rid, "labelled", ["b"])["gold"]
+            ['b']
+            >>> s.review_decide(rid, "labelled", ["a"])             # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            llmclf.errors.ReviewConflict: review #1 was already labelled b ...
+        """
+        if action not in REVIEW_ACTIONS:
+            raise StoreError(f"unknown review action {action!r}; one of {REVIEW_ACTIONS}")
+        if action == "labelled" and not gold:
+            raise StoreError("a 'labelled' decision needs the gold labels")
+        decision = {
+            "id": uuid.uuid4().hex,
+            "review_id": review_id,
+            "action": action,
+            "gold": list(gold) if action == "labelled" and gold else None,
+            "reviewer": reviewer,
+            "decided": time.time(),
+            "undone": None,
+        }
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT task, status, decision FROM review WHERE id = ?", (review_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no review row with id {review_id}")
+            task, status, current = row
+            if status != "pending":
+                raise self._conflict(conn, review_id, status, current)
+            cur = conn.execute(
+                "UPDATE review SET status = ?, gold = ?, reviewed = ?, decision = ?"
+                " WHERE id = ? AND status = 'pending'",
+                (
+                    action,
+                    _dumps(decision["gold"]) if decision["gold"] else None,
+                    decision["decided"],
+                    decision["id"],
+                    review_id,
+                ),
+            )
+            if cur.rowcount != 1:  # another writer won between the read and the write
+                raise self._conflict(conn, review_id, status, current)
+            conn.execute(
+                "INSERT INTO review_decisions (id, review_id, task, action, gold, reviewer,"
+                " decided, undone) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    decision["id"],
+                    review_id,
+                    task,
+                    action,
+                    _dumps(decision["gold"]) if decision["gold"] else None,
+                    reviewer,
+                    decision["decided"],
+                ),
+            )
+        decision["task"] = task
+        return decision
+
+    def _conflict(
+        self, conn: sqlite3.Connection, review_id: int, status: str, decision_id: str | None
+    ) -> ReviewConflict:
+        current = self._decision(conn, decision_id) if decision_id else None
+        if current is None:
+            what = status
+        elif current["action"] == "labelled":
+            what = "labelled " + ",".join(current["gold"] or [])
+        else:
+            what = "skipped"
+        who = f" by {current['reviewer']}" if current and current["reviewer"] else ""
+        when = (
+            time.strftime(" at %H:%M:%S UTC", time.gmtime(current["decided"])) if current else ""
+        )
+        return ReviewConflict(
+            f"review #{review_id} was already {what}{who}{when}; "
+            "nothing was changed (reload the queue to see it)",
+            review_id=review_id,
+            current=current,
+        )
+
+    @staticmethod
+    def _decision(conn: sqlite3.Connection, decision_id: str) -> dict[str, Any] | None:
+        r = conn.execute(
+            "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
+            " FROM review_decisions WHERE id = ?",
+            (decision_id,),
+        ).fetchone()
+        if r is None:
+            return None
+        return {
+            "id": r[0],
+            "review_id": r[1],
+            "task": r[2],
+            "action": r[3],
+            "gold": json.loads(r[4]) if r[4] else None,
+            "reviewer": r[5],
+            "decided": r[6],
+            "undone": r[7],
+        }
+
+    def review_undo(self, decision_id: str) -> dict[str, Any]:
+        """Undo a decision: its row is pending again; the decision is kept, marked undone.
+
+        Only the row's current decision can be undone (`ReviewConflict` otherwise: someone
+        decided it again since). Returns the row, pending."""
+        with self._tx() as conn:
+            d = self._decision(conn, decision_id)
+            if d is None:
+                raise StoreError(f"no review decision with id {decision_id!r}")
+            row = conn.execute(
+                "SELECT status, decision FROM review WHERE id = ?", (d["review_id"],)
+            ).fetchone()
+            if d["undone"] is not None or row is None or row[1] != decision_id:
+                raise ReviewConflict(
+                    f"review #{d['review_id']}: that decision is no longer the current one "
+                    "(already undone, or decided again since); nothing was changed",
+                    review_id=int(d["review_id"]),
+                    current=self._decision(conn, row[1]) if row and row[1] else None,
+                )
+            now = time.time()
+            conn.execute(
+                "UPDATE review SET status = 'pending', gold = NULL, reviewed = NULL,"
+                " decision = NULL WHERE id = ? AND decision = ?",
+                (d["review_id"], decision_id),
+            )
+            conn.execute(
+                "UPDATE review_decisions SET undone = ? WHERE id = ?", (now, decision_id)
+            )
+        row_out = self.review_get(int(d["review_id"]))
+        assert row_out is not None
+        return row_out
+
+    def review_decisions(self, review_id: int) -> list[dict[str, Any]]:
+        """Every decision made on a row, oldest first (undone ones included)."""
+        ids = self._read(
+            "SELECT id FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
+            (review_id,),
+        )
+        conn = self._conn()
+        out = []
+        for (did,) in ids:
+            d = self._decision(conn, did)
+            if d is not None:
+                out.append(d)
+        return out
+
+    def review_counts(self, task: str | None = None) -> dict[str, int]:
+        """Rows per status (``pending``, ``labelled``, ``skipped``), for one task or all."""
+        sql = "SELECT status, COUNT(*) FROM review"
+        args: tuple[Any, ...] = ()
+        if task:
+            sql += " WHERE task = ?"
+            args = (task,)
+        sql += " GROUP BY status"
+        counts = {"pending": 0, "labelled": 0, "skipped": 0}
+        for status, n in self._read(sql, args):
+            counts[str(status)] = int(n)
+        return counts
+
+    def review_tasks(self) -> list[str]:
+        """The tasks that have rows in the queue."""
+        return [str(r[0]) for r in self._read("SELECT DISTINCT task FROM review ORDER BY task")]
+
     def count(self, table: str, where: str = "", args: Iterable[Any] = ()) -> int:
-        if table not in {"cache", "runs", "run_cases", "teacher_labels", "review"}:
+        if table not in {
+            "cache", "runs", "run_cases", "teacher_labels", "review", "review_decisions"
+        }:
             raise StoreError(f"unknown table {table!r}")
         sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")
         return int(self._read(sql, args)[0][0])

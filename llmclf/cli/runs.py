@@ -76,6 +76,7 @@ SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("weighted F1", "weighted_f1"),
     ("AUC-ROC", "auc_roc"),
     ("ECE (10 bins)", "calibration.ece"),
+    ("ECE before calibration", "calibration_raw.ece"),
     ("hamming loss", "hamming_loss"),
     ("abstain rate", "abstain_rate"),
     ("errors", "errors"),
@@ -97,6 +98,8 @@ def metrics_table(metrics: Mapping[str, Any], title: str = "metrics") -> Table:
         if path == "hamming_loss" and metrics.get("kind") != "multilabel":
             continue
         v = get_metric(metrics, path)
+        if path == "calibration_raw.ece" and v is None:
+            continue  # no prediction was calibrated
         if path in {"n", "errors", "cache_hits", "usage.total_tokens", "usage.llm_calls"}:
             table.add_row(label, fmt(None if v is None else int(v)))
         elif path.startswith("latency"):

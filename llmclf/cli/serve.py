@@ -73,7 +73,8 @@ def serve(
         ),
     ] = 1,
 ) -> None:
-    """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /healthz, /metrics, /docs."""
+    """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /review, /healthz, /metrics,
+    /docs."""
     import uvicorn
 
     from llmclf.router import Router
@@ -110,14 +111,18 @@ def serve(
     try:
         for path in router:
             routers.append(Router.from_yaml(path, store=st))
-        app = create_app(routers, settings)
+        review_store = next(
+            (r.review_store for r in routers if r.review_store is not None), None
+        ) or (st if st is not None else open_store())
+        app = create_app(routers, settings, review_store=review_store)
     except BaseException:
         for r in routers:
             r.close()
         raise
     tasks = ", ".join(r.task.name for r in routers)
     typer.echo(
-        f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs{auth})", err=True
+        f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs, review page at "
+        f"/review{auth})", err=True
     )
     sys.stderr.flush()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
