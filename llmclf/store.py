@@ -485,7 +485,7 @@ class Store:
         return decision
 
     def _conflict(
-        self, conn: sqlite3.Connection, review_id: int, status: str, decision_id: str | None
+        self, conn: Any, review_id: int, status: str, decision_id: str | None
     ) -> ReviewConflict:
         current = self._decision(conn, decision_id) if decision_id else None
         if current is None:
@@ -506,14 +506,16 @@ class Store:
         )
 
     @staticmethod
-    def _decision(conn: sqlite3.Connection, decision_id: str) -> dict[str, Any] | None:
+    def _decision(conn: Any, decision_id: str) -> dict[str, Any] | None:
         r = conn.execute(
             "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
             " FROM review_decisions WHERE id = ?",
             (decision_id,),
         ).fetchone()
-        if r is None:
-            return None
+        return None if r is None else Store._decision_row(r)
+
+    @staticmethod
+    def _decision_row(r: Any) -> dict[str, Any]:
         return {
             "id": r[0],
             "review_id": r[1],
@@ -559,17 +561,12 @@ class Store:
 
     def review_decisions(self, review_id: int) -> list[dict[str, Any]]:
         """Every decision made on a row, oldest first (undone ones included)."""
-        ids = self._read(
-            "SELECT id FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
+        rows = self._read(
+            "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
+            " FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
             (review_id,),
         )
-        out = []
-        with self._tx() as conn:
-            for (did,) in ids:
-                d = self._decision(conn, did)
-                if d is not None:
-                    out.append(d)
-        return out
+        return [self._decision_row(r) for r in rows]
 
     def review_counts(self, task: str | None = None) -> dict[str, int]:
         """Rows per status (``pending``, ``labelled``, ``skipped``), for one task or all."""

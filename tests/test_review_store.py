@@ -13,6 +13,12 @@ from llmclf.errors import ReviewConflict, StoreError
 from llmclf.store import MIGRATIONS, Store
 
 
+@pytest.fixture
+def store(db_url: str) -> Store:
+    """Each test runs on a SQLite file and on a PostgreSQL database (conftest's ``db_url``)."""
+    return Store(db_url)
+
+
 def pred(label: str) -> dict:
     return {"labels": [label], "scores": {label: 0.6}}
 
@@ -62,8 +68,8 @@ def test_a_second_decision_on_one_item_is_a_conflict_naming_the_first(store: Sto
         store.review_decide(rid, "labelled", [])
 
 
-def test_two_people_at_once_end_with_one_recorded_decision(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
+def test_two_people_at_once_end_with_one_recorded_decision(db_url: str) -> None:
+    path = db_url
     ids = [Store(path).review_add("sst2", f"text {i}", pred("positive")) for i in range(20)]
     results: dict[str, list[object]] = {"ann": [], "bob": []}
     barrier = threading.Barrier(2)
