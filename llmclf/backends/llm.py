@@ -22,6 +22,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ from typing import Any, ClassVar, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from llmclf.backends.base import Backend, Capabilities, Hints
+from llmclf.calibration import Calibration, CalibrationWarning, find_calibration, load_calibration
+from llmclf.decision import decide
 from llmclf.errors import (
     AuthError,
     BackendError,
@@ -95,6 +98,9 @@ class LLMConfig:
     shortlist: str | None = None
     shortlist_k: int = 5
     shortlist_other: bool = False
+    #: ``auto`` (apply the calibrator stored for this backend, prompt and task, if any),
+    #: ``off``, or the path of a calibration JSON file (`llmclf.calibration`).
+    calibration: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -350,6 +356,25 @@ class LLMBackend(Backend):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._key_checked = base_url_provider is not None  # the embedded server needs no key
+        self.calibration = self._load_calibration()
+
+    def _load_calibration(self) -> Calibration | None:
+        """The calibrator this backend applies (``config.calibration``), or None."""
+        choice = self.config.calibration
+        if choice == "off":
+            return None
+        if choice == "auto":
+            return find_calibration(self.name, self.template.id, self.task)
+        cal = load_calibration(choice)
+        why = cal.mismatch(self.name, self.template.id, self.task)
+        if why is not None:
+            warnings.warn(
+                f"calibrator {choice} is not applied: {why}; answering uncalibrated",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+            return None
+        return cal
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -757,6 +782,8 @@ class LLMBackend(Backend):
     def _prediction(
         self, record: dict[str, Any], start: float, *, cached: bool, task: Task | None = None
     ) -> Prediction:
+        """The answer from a (cached) record of raw scores: scores renormalised over the labels
+        (single-label), calibrated when a calibrator fits, and labels that follow them."""
         task = task or self.task
         raw_scores: dict[str, float] = dict(record["scores"])
         abstain_score = raw_scores.pop(ABSTAIN, None) if task.allow_abstain else None
@@ -768,28 +795,30 @@ class LLMBackend(Backend):
                 scores = {k: v / total for k, v in scores.items()}
             elif answer and answer[0] in scores:
                 scores[answer[0]] = 1.0
-        labels: tuple[str, ...]
-        if task.is_multilabel or record["source"] != "logprobs":
-            abstained = ABSTAIN in answer
-            labels = () if abstained else tuple(a for a in answer if a != ABSTAIN)
-        else:
-            # single-label with logprobs: the label is the one the scores favour, so the label,
-            # its confidence and any threshold agree (greedy decoding can disagree at the margin)
-            top = max(scores, key=lambda k: scores[k])
-            abstained = abstain_score is not None and abstain_score > raw_scores.get(top, 0.0)
-            if abstained:
-                labels = ()
-            elif task.kind == "binary":
-                assert task.positive_label is not None and task.negative_label is not None
-                pos = scores[task.positive_label] >= task.threshold
-                labels = (task.positive_label if pos else task.negative_label,)
-            else:
-                labels = (top,)
+        elif not any(scores.values()) and answer:
+            # no usable scores: the answer's own labels are all we know
+            scores = {k: float(k in answer) for k in scores}
+        source: str = record["source"]
+        threshold = None
+        uncalibrated: dict[str, float] | None = None
+        cal = self.calibration
+        # a calibrator was fitted on the full label set; a shortlist's sub-task is left raw
+        full_task = list(task.label_names) == list(self.task.label_names)
+        if cal is not None and cal.score_source == source and full_task:
+            uncalibrated = scores
+            scores = cal.apply(scores)
+            source = f"{source}+{cal.method}"
+            threshold = cal.threshold
+        # the label follows the scores, so the label, its confidence and any threshold agree
+        # (greedy decoding, and a vote's first answer, can disagree at the margin)
+        top_raw = max(float(raw_scores.get(k, 0.0)) for k in task.label_names)
+        abstained = abstain_score is not None and abstain_score > top_raw
+        decision = decide(task, scores, threshold=threshold)
         usage = Usage() if cached else Usage.model_validate(record["usage"])
         return Prediction(
-            labels=labels,
+            labels=() if abstained else decision.labels,
             scores={k: round(v, 6) for k, v in scores.items()},
-            score_source=record["source"],
+            score_source=source,
             backend=self.name,
             abstained=abstained,
             abstain_score=None if abstain_score is None else round(float(abstain_score), 6),
@@ -799,6 +828,11 @@ class LLMBackend(Backend):
             prompt_hash=self.template.id,
             cached=cached,
             raw_output=record.get("raw"),
+            calibrated=uncalibrated is not None,
+            raw_scores=None
+            if uncalibrated is None
+            else {k: round(v, 6) for k, v in uncalibrated.items()},
+            threshold=None if abstained else decision.threshold,
         )
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:

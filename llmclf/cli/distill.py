@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from llmclf.cli.common import resolve_task
+from llmclf.cli.common import DbOpt, resolve_task, use_db
 
 
 def _render_table(result: object) -> None:
@@ -159,6 +159,7 @@ def distill_command(
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    db: DbOpt = None,
     from_pool: Annotated[
         bool,
         typer.Option(
@@ -169,6 +170,7 @@ def distill_command(
     ] = False,
 ) -> None:
     """Label unlabelled texts with a teacher and distill them into a SetFit student."""
+    use_db(db)
     from llmclf.distill import DEFAULT_MODE, MODES, distill, result_summary
 
     chosen_mode = mode or DEFAULT_MODE
