@@ -55,7 +55,9 @@ def main() -> None:
     rows: list[str] = []
     t_start = time.perf_counter()
 
-    def row(name: str, title: str, m: dict[str, Any], base: dict[str, Any] | None) -> None:
+    def row(
+        name: str, title: str, m: dict[str, Any], base: dict[str, Any] | None, keep: bool = True
+    ) -> None:
         usage = m.get("usage") or {}
         calls = usage.get("llm_calls") or 0
         tok = usage["prompt_tokens"] / calls if calls else None
@@ -76,35 +78,28 @@ def main() -> None:
             else f"| {name} | {title} | {m['n']} | {m['accuracy']:.3f} | {m['macro_f1']:.3f} "
             f"| {tok_s} | {tok_r} | - | - |"
         )
-        rows.append(line)
+        if keep:
+            rows.append(line)
         print(line, f"  ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
 
+    def run(name: str, spec: str, prompt: str | None = None, dynamic: bool = False) -> Any:
+        es = load_eval_set(name)
+        r = evaluate(
+            es, spec, prompt=prompt, limit=args.limit,
+            few_shot_pool=str(es.pool_path) if dynamic else None, concurrency=1, progress=False,
+        )  # fmt: skip
+        return r.metrics
+
+    # phase 1, every set: the student and the shortlists (short prompts, fast)
+    shortlisted: dict[str, dict[str, dict[str, Any]]] = {}
     for name in args.sets.split(","):
         es = load_eval_set(name)
-        pool = str(es.pool_path)
         student_dir = students / name
         if not student_dir.exists():
             t0 = time.perf_counter()
             train_pool_student(es, student_dir, int8=True, evaluate_cases=False)
             print(f"{name}: pool student trained in {time.perf_counter() - t0:.0f} s", flush=True)
-
-        def run(
-            spec: str, prompt: str | None = None, dynamic: bool = False, es: Any = es,
-            pool: str = pool,
-        ) -> dict[str, Any]:
-            r = evaluate(
-                es, spec, prompt=prompt, limit=args.limit,
-                few_shot_pool=pool if dynamic else None, concurrency=1, progress=False,
-            )  # fmt: skip
-            return r.metrics
-
-        zero = run("llm:local", "zero_shot")
-        row(name, "LLM, all labels, zero-shot", zero, None)
-        few = run("llm:local", "few_shot", dynamic=True)
-        row(name, "LLM, all labels, few-shot (4 dynamic)", few, None)
-
-        st = run(f"setfit:{student_dir}")
-        row(name, "student alone (pool, head-only)", st, None)
+        row(name, "student alone (pool, head-only)", run(name, f"setfit:{student_dir}"), None)
         student = SetFitBackend(student_dir, task=es.task)
         cases = es.cases[: args.limit]
         matrix = student.score_matrix([c.text for c in cases])
@@ -118,13 +113,24 @@ def main() -> None:
         ) + " | | | | | |"
         rows.append(line)
         print(line, flush=True)
-
+        short = shortlisted[name] = {}
         for k in KS:
+            title = f"shortlist k={k} + LLM, few-shot (4 dynamic)"
             spec = f"llm:local?shortlist=setfit:{student_dir}&shortlist_k={k}"
-            m = run(spec, "few_shot", dynamic=True)
-            row(name, f"shortlist k={k} + LLM, few-shot (4 dynamic)", m, few)
+            short[title] = run(name, spec, "few_shot", True)
+            row(name, title, short[title], None, keep=False)
         spec = f"llm:local?shortlist=setfit:{student_dir}&shortlist_k=5"
-        row(name, "shortlist k=5 + LLM, zero-shot", run(spec, "zero_shot"), zero)
+        short["shortlist k=5 + LLM, zero-shot"] = run(name, spec, "zero_shot")
+        row(name, "shortlist k=5 + LLM, zero-shot", short[list(short)[-1]], None, keep=False)
+
+    # phase 2, every set: the LLM with all labels (long prompts, slow); then the ratios
+    for name in args.sets.split(","):
+        zero = run(name, "llm:local", "zero_shot")
+        row(name, "LLM, all labels, zero-shot", zero, None)
+        few = run(name, "llm:local", "few_shot", dynamic=True)
+        row(name, "LLM, all labels, few-shot (4 dynamic)", few, None)
+        for title, m in shortlisted[name].items():
+            row(name, title, m, zero if "zero-shot" in title else few)
 
     print(f"\n{header}")
     print("|---|---|---|---|---|---|---|---|---|")
