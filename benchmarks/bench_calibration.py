@@ -34,6 +34,7 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="cases of sst2")
     ap.add_argument("--small-limit", type=int, default=60, help="cases of the other sets")
     ap.add_argument("--sets", default="sst2,sms_spam,ag_news,trec")
+    ap.add_argument("--spec", default="llm:local?timeout_s=300", help="the llm:local spec")
     args = ap.parse_args()
     os.environ.setdefault("LLMCLF_HOME", tempfile.mkdtemp(prefix="llmclf-bench-"))
 
@@ -61,7 +62,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 try:
                     rep = calibrate(
-                        es, "llm:local", method=method, prompt=prompt, limit=limit,  # type: ignore[arg-type]
+                        es, args.spec, method=method, prompt=prompt, limit=limit,  # type: ignore[arg-type]
                         save=False, progress=False,
                     )  # fmt: skip
                 except ConfigError as exc:

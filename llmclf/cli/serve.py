@@ -96,6 +96,9 @@ def serve(
     typer.echo(
         f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs{auth})", err=True
     )
+    for r in routers:
+        if r.threshold_note:
+            typer.echo(f"llmclf: {r.task.name}: {r.threshold_note}", err=True)
     sys.stderr.flush()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
