@@ -473,3 +473,21 @@ def test_cascade_takes_a_threshold_or_a_target_not_both() -> None:
     }
     with pytest.raises(TaskFileError, match="not both"):
         Router.from_config(cfg, task=_sentiment())
+
+
+def test_temperature_on_a_biased_binary_task_carries_its_threshold(tmp_path: Path) -> None:
+    """Temperature scaling keeps the label bias a task threshold corrects: the calibrator's
+    threshold is the task's, carried through it, and no decision changes."""
+    from llmclf.calibrate import calibrate
+    from llmclf.datasets import load_eval_set
+
+    es_dir = _overconfident_eval_set(tmp_path, n=80)
+    task_file = es_dir / "task.yaml"
+    task_file.write_text(task_file.read_text() + "threshold: 0.97\n")
+    es = load_eval_set(es_dir)
+    with FakeProvider(labeler=_seventy_percent, confidence=0.95) as fake:
+        rep = calibrate(es, fake.spec(), method="temperature", progress=False)
+    t = rep.calibration.params["temperature"]
+    z = np.log(0.97 / 0.03) / t
+    assert rep.calibration.threshold == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-5)
+    assert rep.after["accuracy"] == rep.before["accuracy"]

@@ -130,6 +130,16 @@ def test_a_calibrated_student_applies_its_calibration_json(
         assert p.scores != r.scores
         assert sum(p.scores.values()) == pytest.approx(1.0, abs=1e-5)
         assert p.labels == (max(p.scores, key=lambda k: p.scores[k]),)
+    # router.json's 0.7 was a cut on raw scores: the same cut on the calibrated ones, per label
+    assert raw.escalation_threshold == 0.7
+    esc = calibrated.escalation_threshold
+    assert isinstance(esc, dict)
+    assert esc["positive"] == pytest.approx(
+        cal.apply({"negative": 0.3, "positive": 0.7})["positive"], abs=1e-6
+    )
+    assert esc["negative"] == pytest.approx(
+        cal.apply({"negative": 0.7, "positive": 0.3})["negative"], abs=1e-6
+    )
 
 
 def test_thread_safe(student_dir: Path, sst2_task: Task) -> None:
