@@ -5,7 +5,8 @@ one `llmclf.calibration` method on the first, and measures accuracy, ECE and Bri
 and after on the second, which it never fits on. Where the fitting cases come from:
 
 - ``split="half"`` (default): the eval set's cases whose id hashes to half 0
-  (`llmclf.metrics.split_half`); the report is on half 1;
+  (`llmclf.metrics.split_half`); the report is on half 1 (``"other-half"``: the other way
+  round, for a second fold);
 - ``split="pool"``: the eval set's labelled ``pool.jsonl``; the report is on every case;
 - ``calibration_file=PATH``: labelled cases in any format `llmclf.datasets.load_cases` reads;
   the report is on every case;
@@ -55,7 +56,7 @@ from llmclf.types import CalibrationMethod, Prediction, Task
 
 __all__ = ["CalibrationReport", "calibrate", "calibrate_backend", "score_quality"]
 
-SPLITS = ("half", "pool")
+SPLITS = ("half", "other-half", "pool")
 
 
 @dataclass
@@ -142,17 +143,19 @@ def _gold(task: Task, cases: Sequence[Case]) -> np.ndarray:
     return np.array([names.index(c.labels[0]) for c in cases], dtype=int)
 
 
-def _calibrated_threshold(task: Task, method: str, cal_map: Calibrator) -> float:
+def _calibrated_threshold(
+    task: Task, method: str, cal_map: Calibrator, raw_threshold: float
+) -> float:
     """The binary decision threshold on calibrated scores: 0.5 (they are probabilities) after
     a method that learns the label bias (platt, isotonic, contextual); after temperature
-    scaling, which keeps the bias, the task's own threshold carried through the calibrator, so
-    that every decision stays as it was."""
-    if task.kind != "binary" or method != "temperature" or task.threshold == 0.5:
+    scaling, which keeps the bias, the backend's raw threshold (the task's for an LLM, the
+    head's for a student) carried through the calibrator, so that no decision changes."""
+    if task.kind != "binary" or method != "temperature" or raw_threshold == 0.5:
         return 0.5
     assert task.positive_label is not None
     pos = task.label_names.index(task.positive_label)
-    row = np.full((1, 2), 1.0 - task.threshold)
-    row[0, pos] = task.threshold
+    row = np.full((1, 2), 1.0 - raw_threshold)
+    row[0, pos] = raw_threshold
     return round(float(cal_map.apply(row)[0, pos]), 6)
 
 
@@ -207,9 +210,10 @@ def calibrate(
         report_cases = cases
         where = f"{eval_set.pool_path}"
     else:
-        fit_cases = [c for c in cases if split_half(c.id) == 0]
-        report_cases = [c for c in cases if split_half(c.id) == 1]
-        where = f"eval set {eval_set.name}, hash half 0 of {len(cases)} cases"
+        half = 0 if split == "half" else 1
+        fit_cases = [c for c in cases if split_half(c.id) == half]
+        report_cases = [c for c in cases if split_half(c.id) != half]
+        where = f"eval set {eval_set.name}, hash half {half} of {len(cases)} cases"
     fit_ids = {c.text for c in fit_cases}
     overlap = sum(c.text in fit_ids for c in report_cases)
     if overlap:
@@ -297,7 +301,10 @@ def calibrate_backend(
     raw = _matrix(task, [p for _, p in rep_ok])
     cal_scores = cal_map.apply(raw)
     before = score_quality(task, raw, [p.labels for _, p in rep_ok], golds)
-    threshold = _calibrated_threshold(task, method, cal_map)
+    # the threshold the backend decided its raw answers at (answers carry one other than 0.5)
+    carried = [p.threshold for _, p in rep_ok if p.threshold is not None]
+    raw_threshold = max(set(carried), key=carried.count) if carried else 0.5
+    threshold = _calibrated_threshold(task, method, cal_map, raw_threshold)
     after_labels = [
         decide(task, dict(zip(task.label_names, row, strict=True)), threshold=threshold).labels
         for row in cal_scores
