@@ -563,12 +563,12 @@ class Store:
             "SELECT id FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
             (review_id,),
         )
-        conn = self._conn()
         out = []
-        for (did,) in ids:
-            d = self._decision(conn, did)
-            if d is not None:
-                out.append(d)
+        with self._tx() as conn:
+            for (did,) in ids:
+                d = self._decision(conn, did)
+                if d is not None:
+                    out.append(d)
         return out
 
     def review_counts(self, task: str | None = None) -> dict[str, int]:
