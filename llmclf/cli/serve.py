@@ -124,6 +124,9 @@ def serve(
         f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs, review page at "
         f"/review{auth})", err=True
     )
+    for r in routers:
+        if r.threshold_note:
+            typer.echo(f"llmclf: {r.task.name}: {r.threshold_note}", err=True)
     sys.stderr.flush()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
