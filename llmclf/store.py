@@ -351,13 +351,14 @@ class Store:
     def review_add(
         self, task: str, text: str, prediction: dict[str, Any], request_id: str | None = None
     ) -> int:
+        """Queue one row; its id, or 0 when ``request_id`` was queued already."""
         with self._tx() as conn:
             cur = conn.execute(
                 "INSERT OR IGNORE INTO review (request_id, created, task, text, prediction)"
                 " VALUES (?, ?, ?, ?, ?)",
                 (request_id, time.time(), task, text, _dumps(prediction)),
             )
-            return int(cur.lastrowid or 0)
+            return int(cur.lastrowid or 0) if cur.rowcount == 1 else 0
 
     def review_list(
         self,
