@@ -22,7 +22,7 @@ LLMClfError
  │    └── TeacherError           the teacher failed on some texts (what it gave is kept; re-run)
  ├── ExportError                 the ONNX export or quantization failed
  │    └── ParityError            an exported model's scores differ from torch's beyond the bound
- └── StoreError                  the SQLite store is unusable
+ └── StoreError                  the store (SQLite or PostgreSQL) is unusable
       └── ReviewConflict         a review item was already decided (by someone else)
 ```
 
@@ -97,7 +97,7 @@ class UnknownBackendHint(ConfigError):
 
 
 class StoreError(LLMClfError):
-    """The SQLite store could not be opened or written."""
+    """The store (SQLite file or PostgreSQL database) could not be opened or written."""
 
 
 class ReviewConflict(StoreError):

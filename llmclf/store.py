@@ -1,8 +1,12 @@
-"""SQLite store: response cache, eval runs, teacher labels and the review queue, in one file.
+"""The store: response cache, eval runs, teacher labels and the review queue.
 
-The schema is a list of ordered migrations (applied once each, recorded in ``_migrations``).
-Every write is one transaction in WAL mode, so a crash or a ``kill -9`` leaves either the whole
-row or nothing, and many threads and processes can share the file.
+One facade over two databases chosen by URL (`llmclf.storage`): a SQLite file (the embedded
+default, ``$LLMCLF_HOME/llmclf.db``) or a shared PostgreSQL server (``postgresql://...``,
+``$LLMCLF_DATABASE_URL`` or ``--db``). The schema is a list of ordered migrations (applied once
+each, recorded in ``_migrations``; on PostgreSQL in one transaction under an advisory lock).
+Every write is one transaction, so a crash or a ``kill -9`` leaves either the whole row or
+nothing, and many threads and processes can share the store. Queries are written in the SQL
+both databases accept (``?`` placeholders, ``INSERT ... ON CONFLICT``, ``RETURNING``).
 
 Example:
     >>> s = Store(":memory:")
@@ -14,16 +18,18 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 from llmclf.errors import ReviewConflict, StoreError
+from llmclf.storage import Database, connect, default_url, parse_url
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -118,6 +124,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 #: What a person can do with a review item: give gold labels, or skip it.
 REVIEW_ACTIONS = ("labelled", "skipped")
+_DECISION_SQL = (
+    "SELECT id, review_id, task, action, gold, reviewer, decided, undone FROM review_decisions"
+)
 
 
 def _dumps(obj: Any) -> str:
@@ -131,79 +140,42 @@ def _dumps(obj: Any) -> str:
 
 
 class Store:
-    """One SQLite file; thread-safe (a connection per thread), process-safe (WAL + busy timeout)."""
+    """The store behind a URL or path: thread-safe and process-safe on either database.
+
+    ``target`` is a SQLite path, ``:memory:``, ``sqlite:///PATH`` or ``postgresql://...``
+    (`llmclf.storage.url`); a bad URL or an unreachable database raises `StoreError` naming the
+    URL without its password."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._local = threading.local()
-        self._memory_conn: sqlite3.Connection | None = None
-        self._memory_lock = threading.Lock()
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.url = parse_url(path)
+        #: the SQLite file (``:memory:``), or the PostgreSQL URL without its password
+        self.path = self.url.path if self.url.dialect == "sqlite" else self.url.redacted
+        self._db: Database = connect(self.url)
         try:
-            self._migrate()
+            self._db.migrate(MIGRATIONS)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
 
-    # -- connection -----------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self.path == ":memory:":
-            if self._memory_conn is None:
-                self._memory_conn = sqlite3.connect(":memory:", check_same_thread=False)
-            return self._memory_conn
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn = conn
-        return conn
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.dialect
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE, so writers queue instead of deadlocking)."""
-        conn = self._conn()
-        lock = self._memory_lock if self.path == ":memory:" else None
-        if lock:
-            lock.acquire()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            if lock:
-                lock.release()
+    # -- connection -----------------------------------------------------------------------------
+    def _tx(self) -> AbstractContextManager[Any]:
+        """One write transaction (on SQLite BEGIN IMMEDIATE, so writers queue, never deadlock)."""
+        return self._db.transaction()
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        conn = self._conn()
-        if self.path == ":memory:":
-            with self._memory_lock:
-                return conn.execute(sql, tuple(args)).fetchall()
-        return conn.execute(sql, tuple(args)).fetchall()
-
-    def _migrate(self) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL)"
-            )
-            done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
-            for name, sql in MIGRATIONS:
-                if name in done:
-                    continue
-                for stmt in sql.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+        return self._db.read(sql, args)
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check``: 'ok' when the file is sound."""
-        return str(self._read("PRAGMA integrity_check")[0][0])
+        """'ok' when the database is sound (SQLite: ``PRAGMA integrity_check``)."""
+        return self._db.integrity_check()
+
+    def close(self) -> None:
+        """Close this store's connections (a PostgreSQL pool; this thread's SQLite handle)."""
+        self._db.close()
 
     # -- response cache ---------------------------------------------------------------------------
     def cache_get(self, key: str) -> Any | None:
@@ -214,7 +186,9 @@ class Store:
         """Store a validated response; only ever called after validation succeeded."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
+                "INSERT INTO cache (key, model, response, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET model = excluded.model,"
+                " response = excluded.response, created = excluded.created",
                 (key, model, _dumps(response), time.time()),
             )
 
@@ -265,7 +239,10 @@ class Store:
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO run_cases VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO run_cases (run_id, case_id, position, gold, prediction)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, case_id) DO UPDATE SET"
+                " position = excluded.position, gold = excluded.gold,"
+                " prediction = excluded.prediction",
                 (run_id, case_id, position, _dumps(gold), _dumps(prediction)),
             )
 
@@ -336,7 +313,10 @@ class Store:
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO teacher_labels VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO teacher_labels (job, item_key, position, text, prediction)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, item_key) DO UPDATE SET"
+                " position = excluded.position, text = excluded.text,"
+                " prediction = excluded.prediction",
                 (job, item_key, position, text, _dumps(prediction)),
             )
 
@@ -353,12 +333,12 @@ class Store:
     ) -> int:
         """Queue one row; its id, or 0 when ``request_id`` was queued already."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO review (request_id, created, task, text, prediction)"
-                " VALUES (?, ?, ?, ?, ?)",
+            row = conn.execute(
+                "INSERT INTO review (request_id, created, task, text, prediction)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING id",
                 (request_id, time.time(), task, text, _dumps(prediction)),
-            )
-            return int(cur.lastrowid or 0) if cur.rowcount == 1 else 0
+            ).fetchone()
+            return int(row[0]) if row else 0
 
     def review_list(
         self,
@@ -509,7 +489,7 @@ class Store:
         return decision
 
     def _conflict(
-        self, conn: sqlite3.Connection, review_id: int, status: str, decision_id: str | None
+        self, conn: Any, review_id: int, status: str, decision_id: str | None
     ) -> ReviewConflict:
         current = self._decision(conn, decision_id) if decision_id else None
         if current is None:
@@ -530,14 +510,16 @@ class Store:
         )
 
     @staticmethod
-    def _decision(conn: sqlite3.Connection, decision_id: str) -> dict[str, Any] | None:
+    def _decision(conn: Any, decision_id: str) -> dict[str, Any] | None:
+        """One decision, read in the transaction ``conn`` (a `llmclf.storage.base.Tx`)."""
         r = conn.execute(
-            "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
-            " FROM review_decisions WHERE id = ?",
+            _DECISION_SQL + " WHERE id = ?",
             (decision_id,),
         ).fetchone()
-        if r is None:
-            return None
+        return Store._decision_dict(r) if r is not None else None
+
+    @staticmethod
+    def _decision_dict(r: Any) -> dict[str, Any]:
         return {
             "id": r[0],
             "review_id": r[1],
@@ -583,17 +565,10 @@ class Store:
 
     def review_decisions(self, review_id: int) -> list[dict[str, Any]]:
         """Every decision made on a row, oldest first (undone ones included)."""
-        ids = self._read(
-            "SELECT id FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
-            (review_id,),
+        rows = self._read(
+            _DECISION_SQL + " WHERE review_id = ? ORDER BY decided, id", (review_id,)
         )
-        conn = self._conn()
-        out = []
-        for (did,) in ids:
-            d = self._decision(conn, did)
-            if d is not None:
-                out.append(d)
-        return out
+        return [self._decision_dict(r) for r in rows]
 
     def review_counts(self, task: str | None = None) -> dict[str, int]:
         """Rows per status (``pending``, ``labelled``, ``skipped``), for one task or all."""
@@ -626,11 +601,25 @@ _default_lock = threading.Lock()
 
 
 def open_store(path: str | Path | None = None, *, factory: Callable[[str], Store] = Store) -> Store:
-    """The process-wide store for ``path`` (default: ``$LLMCLF_HOME/llmclf.db``)."""
-    from llmclf.paths import store_path
+    """The process-wide store for ``path``: a store URL or SQLite path; by default
+    ``$LLMCLF_DATABASE_URL``, else ``$LLMCLF_HOME/llmclf.db``.
 
-    key = str(path or store_path())
+    Example:
+        >>> open_store("sqlite:///:memory:").dialect
+        'sqlite'
+    """
+    target = str(path) if path else default_url()
+    key = f"{os.getpid()}:{target}"  # a forked child never reuses its parent's connections
     with _default_lock:
         if key not in _default:
-            _default[key] = factory(key)
+            _default[key] = factory(target)
         return _default[key]
+
+
+def close_stores() -> None:
+    """Close and forget every store `open_store` opened in this process (tests, shutdown)."""
+    with _default_lock:
+        stores = list(_default.values())
+        _default.clear()
+    for s in stores:
+        s.close()

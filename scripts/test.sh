@@ -15,6 +15,16 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     echo "warning: chromium or chromedriver is not installed; the browser tests will be skipped" >&2
   fi
 fi
+# the store suite also runs against a real PostgreSQL server (Debian postgresql), started by
+# the tests in a temporary directory as an unprivileged user
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      || echo "warning: could not install postgresql; the PostgreSQL store tests will be skipped" >&2
+  else
+    echo "warning: postgresql is not installed; the PostgreSQL store tests will be skipped" >&2
+  fi
+fi
 .venv/bin/ruff check llmclf tests benchmarks scripts
 .venv/bin/mypy
 export LLMCLF_HOME="${LLMCLF_HOME:-$(mktemp -d)}"

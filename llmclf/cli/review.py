@@ -17,7 +17,9 @@ from typing import Annotated, Any
 
 import typer
 
+from llmclf.cli.common import use_db
 from llmclf.errors import ConfigError
+from llmclf.storage.url import ENV_VAR
 from llmclf.store import Store, open_store
 
 review_app = typer.Typer(
@@ -26,13 +28,21 @@ review_app = typer.Typer(
 )
 
 StoreOpt = Annotated[
-    Path | None,
-    typer.Option("--store", help="SQLite store; default $LLMCLF_HOME/llmclf.db."),
+    str | None,
+    typer.Option(
+        "--db",
+        "--store",
+        envvar=ENV_VAR,
+        show_envvar=False,
+        help="Store URL (sqlite:///PATH, postgresql://...) or SQLite path; default "
+        "$LLMCLF_DATABASE_URL, else $LLMCLF_HOME/llmclf.db.",
+    ),
 ]
 
 
-def _store(path: Path | None) -> Store:
-    return open_store(path) if path is not None else open_store()
+def _store(db: str | None) -> Store:
+    use_db(db)
+    return open_store()
 
 
 def _task_info(row: dict[str, Any]) -> dict[str, Any]:

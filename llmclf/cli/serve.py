@@ -15,7 +15,9 @@ from typing import Annotated
 
 import typer
 
+from llmclf.cli.common import use_db
 from llmclf.errors import ConfigError
+from llmclf.storage.url import ENV_VAR
 
 
 def serve(
@@ -52,8 +54,15 @@ def serve(
         bool, typer.Option("--no-microbatch", help="Send each request on its own.")
     ] = False,
     store: Annotated[
-        Path | None,
-        typer.Option(help="SQLite store (cache, review queue); default $LLMCLF_HOME/llmclf.db."),
+        str | None,
+        typer.Option(
+            "--db",
+            "--store",
+            envvar=ENV_VAR,
+            show_envvar=False,
+            help="Store URL of the cache and review queue: sqlite:///PATH or postgresql://...; "
+            "default $LLMCLF_DATABASE_URL, else $LLMCLF_HOME/llmclf.db.",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
@@ -82,7 +91,8 @@ def serve(
         microbatch_wait_ms=batch_wait_ms,
         microbatch_max=micro_batch,
     )
-    st = open_store(store) if store is not None else None
+    use_db(store)
+    st = open_store(store) if store else None
     routers: list[Router] = []
     try:
         for path in router:

@@ -21,6 +21,7 @@ timeouts: {default: 30000, student: 1000}     # milliseconds
 shadow: {backend: llm, share: 0.02, window: 500, warn_below: 0.85}
 review: {strategy: margin, threshold: 0.2, budget: 500, min_per_label: 10}
 ab: {arms: {cascade: 0.9, llm: 0.1}}
+shortlist: {backend: student, k: 5}           # the LLMs ask among the student's top 5 labels
 ```
 
 Example:
@@ -43,6 +44,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmclf.backends.base import Backend
 from llmclf.errors import ConfigError, TaskFileError
+from llmclf.router.shortlist import (
+    ShortlistConfig,
+    apply_shortlist,
+    check_shortlist_references,
+)
 from llmclf.specs import parse_spec
 from llmclf.store import Store, open_store
 from llmclf.task_refs import find_task_file, task_candidates
@@ -188,6 +194,7 @@ class RouterConfig(_Strict):
     shadow: ShadowConfig | None = None
     review: ReviewConfig | None = None
     ab: ABConfig | None = None
+    shortlist: ShortlistConfig | None = None
     seed: int | None = None
 
     @field_validator("backends")
@@ -287,13 +294,18 @@ def resolve_router_config(
             spec = _resolve_spec(entry.spec, base)
             built[bname] = make_backend(spec, task, store=store, **entry.options)
         all_backends = {**built, **given}
+        if config.shortlist is not None:
+            all_backends = apply_shortlist(config.shortlist, all_backends, task, where.error)
         thresholds = _resolve_thresholds(config, task, all_backends, where)
         review_store = store
         if config.review is not None and config.review.store is not None:
-            review_path = Path(config.review.store).expanduser()
-            if not review_path.is_absolute():
-                review_path = base / review_path
-            review_store = open_store(review_path)
+            if "://" in config.review.store:  # a store URL (sqlite:///..., postgresql://...)
+                review_store = open_store(config.review.store)
+            else:
+                review_path = Path(config.review.store).expanduser()
+                if not review_path.is_absolute():
+                    review_path = base / review_path
+                review_store = open_store(review_path)
     except BaseException:
         for b in built.values():
             with contextlib.suppress(Exception):
@@ -388,6 +400,8 @@ def _check_references(
             need(("timeouts", name), name)
     if config.shadow is not None:
         need(("shadow", "backend"), config.shadow.backend)
+    if config.shortlist is not None:
+        check_shortlist_references(config.shortlist, names, where.error)
     if config.review is not None:
         if config.review.strategy == "disagreement" and config.shadow is None:
             raise where.error(
