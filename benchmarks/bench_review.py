@@ -22,6 +22,9 @@ head on the frozen body's embeddings).
 Usage:
     python benchmarks/bench_review.py                       # llm:local teacher, 3 seeds
     python benchmarks/bench_review.py --teacher setfit:models/sst2 --n-unlabeled 500 --json
+    # where the embedded LLM cannot run (a loaded machine): a weaker real teacher, a head-only
+    # student trained on N gold train rows that are not among the unlabelled texts
+    python benchmarks/bench_review.py --build-teacher 200
 """
 
 from __future__ import annotations
@@ -53,6 +56,21 @@ def teacher_labels(task: Any, teacher: str, n: int) -> tuple[list[str], list[lis
                          limit=n, progress=True)  # fmt: skip
     rows = [r for r in tl.rows if r.labels]
     return [r.text for r in rows], [list(r.labels) for r in rows]
+
+
+def build_teacher(n: int, out: Path) -> str:
+    """A head-only student on the last ``n`` gold SST-2 train rows (disjoint from the
+    unlabelled texts, which are early train rows): a real, weaker teacher. Returns its spec."""
+    from llmclf.distill import save_student, train_student
+    from llmclf.types import Task
+
+    task = Task.from_yaml(REPO / "eval_sets" / "sst2" / "task.yaml")
+    unl = {r["text"] for r in _rows(REPO / "eval_sets" / "sst2" / "unlabeled.jsonl")}
+    rows = [r for r in _rows(SST2 / "train.jsonl") if r["text"] not in unl][-n:]
+    student = train_student([r["text"] for r in rows], [[r["label"]] for r in rows], task,
+                            mode="head-only")  # fmt: skip
+    save_student(student, task, out)
+    return f"setfit:{out}"
 
 
 def accuracy(head: Any, emb: np.ndarray, gold: list[str], names: list[str]) -> float:
@@ -180,6 +198,8 @@ def browser_rate(n_items: int) -> dict[str, Any] | None:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--teacher", default="llm:local")
+    ap.add_argument("--build-teacher", type=int, default=0, metavar="N",
+                    help="Use a head-only student on N gold train rows as the teacher.")
     ap.add_argument("--n-unlabeled", type=int, default=2000)
     ap.add_argument("--n-pool", type=int, default=2000)
     ap.add_argument("--n-human", type=int, default=100)
@@ -191,6 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     out: dict[str, Any] = {}
+    if args.build_teacher:
+        where = Path(tempfile.mkdtemp(prefix="bench-review-teacher-")) / "teacher"
+        args.teacher = build_teacher(args.build_teacher, where)
     if not args.skip_learning:
         out["learning"] = learning(args)
     if args.browser_items > 0:
@@ -200,7 +223,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if "learning" in out:
         lr = out["learning"]
-        print(f"teacher {lr['teacher']}: {lr['n_teacher_labelled']} texts "
+        who = (f"a head-only student on {args.build_teacher} gold rows" if args.build_teacher
+               else lr["teacher"])  # fmt: skip
+        print(f"teacher {who}: {lr['n_teacher_labelled']} texts "
               f"(accuracy on them {lr['teacher_accuracy_on_its_texts']:.3f}); "
               f"+{lr['n_human']} human labels from a pool of {lr['n_pool']}; "
               f"test {lr['n_test']}, seeds {lr['seeds']}")  # fmt: skip
