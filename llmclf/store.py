@@ -124,6 +124,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 #: What a person can do with a review item: give gold labels, or skip it.
 REVIEW_ACTIONS = ("labelled", "skipped")
+_DECISION_SQL = (
+    "SELECT id, review_id, task, action, gold, reviewer, decided, undone FROM review_decisions"
+)
 
 
 def _dumps(obj: Any) -> str:
@@ -328,6 +331,7 @@ class Store:
     def review_add(
         self, task: str, text: str, prediction: dict[str, Any], request_id: str | None = None
     ) -> int:
+        """Queue one row; its id, or 0 when ``request_id`` was queued already."""
         with self._tx() as conn:
             row = conn.execute(
                 "INSERT INTO review (request_id, created, task, text, prediction)"
@@ -507,15 +511,15 @@ class Store:
 
     @staticmethod
     def _decision(conn: Any, decision_id: str) -> dict[str, Any] | None:
+        """One decision, read in the transaction ``conn`` (a `llmclf.storage.base.Tx`)."""
         r = conn.execute(
-            "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
-            " FROM review_decisions WHERE id = ?",
+            _DECISION_SQL + " WHERE id = ?",
             (decision_id,),
         ).fetchone()
-        return None if r is None else Store._decision_row(r)
+        return Store._decision_dict(r) if r is not None else None
 
     @staticmethod
-    def _decision_row(r: Any) -> dict[str, Any]:
+    def _decision_dict(r: Any) -> dict[str, Any]:
         return {
             "id": r[0],
             "review_id": r[1],
@@ -562,11 +566,9 @@ class Store:
     def review_decisions(self, review_id: int) -> list[dict[str, Any]]:
         """Every decision made on a row, oldest first (undone ones included)."""
         rows = self._read(
-            "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
-            " FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
-            (review_id,),
+            _DECISION_SQL + " WHERE review_id = ? ORDER BY decided, id", (review_id,)
         )
-        return [self._decision_row(r) for r in rows]
+        return [self._decision_dict(r) for r in rows]
 
     def review_counts(self, task: str | None = None) -> dict[str, int]:
         """Rows per status (``pending``, ``labelled``, ``skipped``), for one task or all."""

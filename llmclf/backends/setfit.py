@@ -474,8 +474,23 @@ class SetFitBackend(Backend):
         return decide(self.task, scores, threshold=self._decision_threshold(calibrated)).labels
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
+        return self.predict_and_embed(texts)[0]
+
+    def predict_and_embed(self, texts: Sequence[str]) -> tuple[list[Prediction], np.ndarray]:
+        """The predictions for ``texts`` and the body's embeddings they came from (one pass;
+        ``llmclf review suggest`` needs both).
+
+        Example:
+            >>> preds, emb = SetFitBackend.load("models/sst2").predict_and_embed(["fine"])
+            ... # doctest: +SKIP
+        """
         start = time.perf_counter()
-        matrix = self.score_matrix(texts)
+        if texts:
+            emb = self.embed(texts)
+            matrix = self.head.scores(emb)[:, self._order]
+        else:
+            emb = np.zeros((0, 0))
+            matrix = np.zeros((0, len(self.labels)))
         # every text of a batch waited for the whole batch
         elapsed_ms = (time.perf_counter() - start) * 1000
         out = []
@@ -502,4 +517,4 @@ class SetFitBackend(Backend):
                     threshold=self._shown_threshold(calibrated is not None),
                 )
             )
-        return out
+        return out, emb
