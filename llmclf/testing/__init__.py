@@ -6,6 +6,7 @@
 """
 
 from llmclf.testing.fake_backend import FunctionBackend, KeywordStudent
+from llmclf.testing.fake_batches import BatchScript
 from llmclf.testing.fake_provider import FakeProvider, Fault
 
-__all__ = ["FakeProvider", "Fault", "FunctionBackend", "KeywordStudent"]
+__all__ = ["BatchScript", "FakeProvider", "Fault", "FunctionBackend", "KeywordStudent"]
