@@ -545,6 +545,12 @@ def ray_cluster() -> Any:
             "num_cpus": 1,
             "include_dashboard": False,
             "object_store_memory": 80 * 1024 * 1024,
+            # notice a dead node in about a second, not the default fifteen
+            "_system_config": {
+                "health_check_initial_delay_ms": 0,
+                "health_check_period_ms": 300,
+                "health_check_failure_threshold": 3,
+            },
         },
     )
     ray.init(address=cluster.address, log_to_driver=False)
@@ -561,23 +567,30 @@ def ray_cluster() -> Any:
 def test_ray_labels_and_survives_a_worker_node_dying(
     ray_cluster: Any, task_file: Path, tmp_path: Path
 ) -> None:
-    n = 300
+    n = 160
     src = write_input(tmp_path / "in.jsonl", n)
     db = tmp_path / "s.db"
     worker = ray_cluster.add_node(num_cpus=1, object_store_memory=80 * 1024 * 1024)
     ray_cluster.wait_for_nodes()
 
-    def slow(text: str) -> str:
-        time.sleep(0.02)
+    killed = threading.Event()
+    answered = [0]
+    lock = threading.Lock()
+
+    def labeler(text: str) -> str:
+        with lock:
+            answered[0] += 1
+            held = answered[0] > n // 4
+        if held:  # a quarter is labelled: hold the rest until the worker node is dead
+            killed.wait(60)
         return "positive" if "good" in text else "negative"
 
-    with FakeProvider(labeler=slow) as fp:
-        killed = threading.Event()
+    with FakeProvider(labeler=labeler) as fp:
 
         def killer() -> None:
             deadline = time.monotonic() + 90
             while time.monotonic() < deadline:
-                if db.exists() and len(labels_in_store(db)) >= n // 4:
+                if db.exists() and len(labels_in_store(db)) >= n // 8:
                     ray_cluster.remove_node(worker, allow_graceful=False)
                     killed.set()
                     return

@@ -20,14 +20,14 @@ from pathlib import Path
 from typing import IO, Any
 
 from llmclf.backends.base import Backend
-from llmclf.backends.registry import make_backend
-from llmclf.classifier import validate_texts
-from llmclf.distill import item_key, teacher_job_id
 from llmclf.errors import ConfigError, InputTextError
 from llmclf.redaction import redact_spec
 from llmclf.store import Store
 from llmclf.types import Prediction, Task
 from llmclf.unlabeled import TextItem, iter_texts
+
+# `llmclf.distill` (job ids, item keys) is imported where it is used: Ray actors import this
+# module for `Item` and need none of distill's dependencies (seconds of imports per actor).
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,10 @@ class LabelJob:
     ) -> LabelJob:
         """Read and validate the whole input (errors name the file and line) and build the
         teacher backend; no teacher call is made."""
+        from llmclf.backends.registry import make_backend
+        from llmclf.classifier import validate_texts
+        from llmclf.distill import teacher_job_id
+
         if limit is not None and limit < 1:
             raise ConfigError(f"limit must be at least 1, got {limit}")
         stdin_data: str | None = None
@@ -173,4 +177,6 @@ class LabelJob:
 
 
 def _item(position: int, t: TextItem) -> Item:
+    from llmclf.distill import item_key
+
     return Item(item_key(position, t.text), position, t.text, t.line, t.id)

@@ -20,6 +20,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -31,6 +32,10 @@ from llmclf.types import Task, Usage
 
 #: Texts per Ray task: small, so a dead node loses (and a retry repeats) little.
 BATCH_SIZE = 16
+#: Ray Data passes over what is still missing when a pass stops on a Ray error.
+PASSES = 3
+
+log = logging.getLogger("llmclf.labelling.ray")
 
 
 @dataclass
@@ -139,10 +144,8 @@ def run_ray(
         raise ConfigError("--engine ray needs a store file its actors can open, not :memory:")
     ray = _ray()
     report = RayReport()
-    missing = job.missing()
-    if not missing:
+    if not job.missing():
         return report
-    by_key = {it.key: it for it in missing}
     started = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
@@ -154,54 +157,84 @@ def run_ray(
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.verbose_progress = False
-        ds = ray.data.from_items(
-            [
-                {
-                    "key": it.key,
-                    "position": it.position,
-                    "text": it.text,
-                    "line": it.line,
-                    "id": it.id or "",
-                }
-                for it in missing
-            ]
-        )
-        labelled = ds.map_batches(
-            Labeller,
-            fn_constructor_kwargs={
-                "task": job.task,
-                "teacher": job.teacher,
-                "options": job.options,
-                "store_path": job.store.path,
-                "job": job.job,
-                "concurrency": concurrency,
-            },
-            batch_size=batch_size,
-            concurrency=actors,
-            num_cpus=actor_cpus,
-            scheduling_strategy="SPREAD",
-        )
-        with contextlib.ExitStack() as stack:
-            bar: Any = None
-            if progress:
-                from llmclf.progress import open_bar
-
-                bar, tid = open_bar(stack, f"ray {job.teacher_shown}", total=len(missing))
-            seen: set[str] = set()
-            for row in labelled.iter_rows():
-                key = str(row["key"])
-                if key in seen:  # a retried batch that had already reported this key
-                    continue
-                seen.add(key)
-                if row["ok"]:
-                    report.n_new += int(bool(row["new"]))
-                    if row["usage"] and row["usage"] != "{}":
-                        report.usage = report.usage + Usage.model_validate_json(row["usage"])
-                else:
-                    report.failures.append((by_key[key], str(row["error"])))
-                if bar is not None:
-                    bar.update(tid, advance=1)
+        for attempt in range(1, PASSES + 1):
+            missing = job.missing()
+            failed = {it.key for it, _ in report.failures}
+            missing = [it for it in missing if it.key not in failed]
+            if not missing:
+                break
+            try:
+                _one_pass(
+                    ray, job, missing, report, actors, concurrency, progress, batch_size, actor_cpus
+                )
+            except ray.exceptions.RayError as exc:
+                # e.g. a result block lost with its node: the store knows what is done
+                log.warning("ray pass %d stopped (%s); labelling what is missing", attempt, exc)
+        left = [it for it in job.missing() if it.key not in {f.key for f, _ in report.failures}]
+        report.failures += [(it, f"not labelled after {PASSES} Ray passes") for it in left]
     finally:
         if started:
             ray.shutdown()
     return report
+
+
+def _one_pass(
+    ray: Any,
+    job: LabelJob,
+    missing: list[Item],
+    report: RayReport,
+    actors: int,
+    concurrency: int,
+    progress: bool,
+    batch_size: int,
+    actor_cpus: float,
+) -> None:
+    """One Ray Data pass over ``missing``; adds what came back to ``report``."""
+    by_key = {it.key: it for it in missing}
+    ds = ray.data.from_items(
+        [
+            {
+                "key": it.key,
+                "position": it.position,
+                "text": it.text,
+                "line": it.line,
+                "id": it.id or "",
+            }
+            for it in missing
+        ]
+    )
+    labelled = ds.map_batches(
+        Labeller,
+        fn_constructor_kwargs={
+            "task": job.task,
+            "teacher": job.teacher,
+            "options": job.options,
+            "store_path": job.store.path,
+            "job": job.job,
+            "concurrency": concurrency,
+        },
+        batch_size=batch_size,
+        compute=ray.data.ActorPoolStrategy(size=actors),
+        num_cpus=actor_cpus,
+        scheduling_strategy="SPREAD",
+    )
+    with contextlib.ExitStack() as stack:
+        bar: Any = None
+        if progress:
+            from llmclf.progress import open_bar
+
+            bar, tid = open_bar(stack, f"ray {job.teacher_shown}", total=len(missing))
+        seen: set[str] = set()
+        for row in labelled.iter_rows():
+            key = str(row["key"])
+            if key in seen:  # a retried batch that had already reported this key
+                continue
+            seen.add(key)
+            if row["ok"]:
+                report.n_new += int(bool(row["new"]))
+                if row["usage"] and row["usage"] != "{}":
+                    report.usage = report.usage + Usage.model_validate_json(row["usage"])
+            else:
+                report.failures.append((by_key[key], str(row["error"])))
+            if bar is not None:
+                bar.update(tid, advance=1)
