@@ -12,6 +12,7 @@ DIR/
   model.int8.onnx        the same, int8 dynamically quantized (optional)
   int8_fp32_nodes.json   MatMuls left in fp32 in the int8 model to stay within its parity bound
   router.json            {"escalation_threshold": 0.83, ...} calibrated on an eval set
+  calibration.json       the student's calibrator (`llmclf.calibration`), applied on load
   card.json, README.md   the model card (teacher, prompt hash, data hash, counts, metrics)
   task.json              the task the student was trained for
 ```
@@ -34,6 +35,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from llmclf.backends.base import Backend, Capabilities, Hints
+from llmclf.calibration import STUDENT_FILE, Calibration, CalibrationWarning, load_calibration
+from llmclf.decision import decide
 from llmclf.errors import ModelLoadError
 from llmclf.types import Prediction, Task
 
@@ -281,6 +285,7 @@ class SetFitBackend(Backend):
         runtime: Runtime = "auto",
         threads: int | None = None,
         name: str | None = None,
+        calibration: str = "auto",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or f"setfit:{model_dir}"
@@ -318,6 +323,27 @@ class SetFitBackend(Backend):
         self.runtime, self._encoder = self._open_encoder(runtime, body_dir, threads)
         # the task's label order, as indices into the head's rows
         self._order = [self.labels.index(n) for n in self.task.label_names]
+        self.calibration = self._load_calibration(calibration)
+
+    def _load_calibration(self, choice: str) -> Calibration | None:
+        """``auto``: the model directory's ``calibration.json`` when present; ``off``; or a path."""
+        if choice == "off":
+            return None
+        path = self.model_dir / STUDENT_FILE if choice == "auto" else Path(choice)
+        if choice == "auto" and not path.exists():
+            return None
+        cal = load_calibration(path)
+        # a student has no prompt; the labels must be the task's
+        why = cal.mismatch(None, cal.prompt_id, self.task, check_task=False)
+        if why is not None or cal.score_source != "model":
+            warnings.warn(
+                f"calibrator {path} is not applied: {why or 'it is not for model scores'}; "
+                "answering uncalibrated",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+            return None
+        return cal
 
     @classmethod
     def load(cls, model_dir: str | Path, task: Task | None = None, **options: Any) -> SetFitBackend:
@@ -326,7 +352,7 @@ class SetFitBackend(Backend):
         Example:
             >>> SetFitBackend.load("models/sst2", runtime="torch")          # doctest: +SKIP
         """
-        known = {"runtime", "threads", "name"}
+        known = {"runtime", "threads", "name", "calibration"}
         unknown = set(options) - known
         if unknown:
             raise ModelLoadError(
@@ -342,6 +368,7 @@ class SetFitBackend(Backend):
             runtime=runtime,  # type: ignore[arg-type]
             threads=int(threads) if threads not in (None, "") else None,
             name=options.get("name"),
+            calibration=str(options.get("calibration", "auto")),
         )
 
     def _resolve_task(self, task: Task | None) -> Task:
@@ -408,15 +435,17 @@ class SetFitBackend(Backend):
         """The student's decision threshold (from ``head.json``; see `Head`)."""
         return self.head.threshold
 
-    def _decide(self, scores: dict[str, float]) -> tuple[str, ...]:
-        task = self.task
-        if task.is_multilabel:
-            return tuple(n for n in task.label_names if scores[n] >= self.threshold)
-        if task.kind == "binary":
-            assert task.positive_label is not None and task.negative_label is not None
-            pos = scores[task.positive_label] >= self.threshold
-            return (task.positive_label if pos else task.negative_label,)
-        return (max(scores, key=lambda k: scores[k]),)
+    def _decision_threshold(self, calibrated: bool) -> float:
+        if calibrated and self.calibration is not None:
+            return self.calibration.threshold
+        return self.threshold
+
+    def _shown_threshold(self, calibrated: bool) -> float | None:
+        t = self._decision_threshold(calibrated)
+        return None if self.task.kind == "multiclass" or t == 0.5 else t
+
+    def _decide(self, scores: dict[str, float], calibrated: bool) -> tuple[str, ...]:
+        return decide(self.task, scores, threshold=self._decision_threshold(calibrated)).labels
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
         start = time.perf_counter()
@@ -425,16 +454,26 @@ class SetFitBackend(Backend):
         elapsed_ms = (time.perf_counter() - start) * 1000
         out = []
         names = self.task.label_names
-        for row in matrix:
-            scores = {n: round(float(v), 6) for n, v in zip(names, row, strict=True)}
+        cal = self.calibration
+        calibrated = cal.apply_matrix(matrix) if cal is not None else None
+        source = "model" if cal is None else f"model+{cal.method}"
+        for i, row in enumerate(matrix):
+            raw = {n: round(float(v), 6) for n, v in zip(names, row, strict=True)}
+            scores = raw
+            if calibrated is not None:
+                scores = {n: round(float(v), 6) for n, v in zip(names, calibrated[i], strict=True)}
+            labels = self._decide(scores, calibrated is not None)
             out.append(
                 Prediction(
-                    labels=self._decide(scores),
+                    labels=labels,
                     scores=scores,
-                    score_source="model",
+                    score_source=source,
                     backend=self.name,
                     route=(self.name,),
                     latency_ms=elapsed_ms,
+                    calibrated=calibrated is not None,
+                    raw_scores=raw if calibrated is not None else None,
+                    threshold=self._shown_threshold(calibrated is not None),
                 )
             )
         return out

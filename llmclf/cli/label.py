@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from llmclf.cli.common import print_json_line, resolve_task
+from llmclf.cli.common import DbOpt, print_json_line, resolve_task, use_db
 
 
 def label_command(
@@ -73,12 +73,14 @@ def label_command(
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Progress bar on stderr.")
     ] = True,
+    db: DbOpt = None,
 ) -> None:
     """Label unlabelled texts with a teacher; resumable with any engine (a re-run labels only
     what is missing). Prints a JSON summary."""
     from llmclf.labelling import label
     from llmclf.labelling.batch import BatchOptions
 
+    use_db(db)
     batch_options = None
     if engine == "batch":
         batch_options = BatchOptions(

@@ -40,6 +40,7 @@ def _root() -> None:
 COMMAND_MODULES = (
     "llmclf.cli.classify",
     "llmclf.cli.eval",
+    "llmclf.cli.calibrate",
     "llmclf.cli.runs",
     "llmclf.cli.report",
     "llmclf.cli.distill",

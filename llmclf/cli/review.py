@@ -15,7 +15,9 @@ from typing import Annotated, Any
 
 import typer
 
+from llmclf.cli.common import use_db
 from llmclf.errors import ConfigError
+from llmclf.storage.url import ENV_VAR
 from llmclf.store import Store, open_store
 
 review_app = typer.Typer(
@@ -24,13 +26,21 @@ review_app = typer.Typer(
 )
 
 StoreOpt = Annotated[
-    Path | None,
-    typer.Option("--store", help="SQLite store; default $LLMCLF_HOME/llmclf.db."),
+    str | None,
+    typer.Option(
+        "--db",
+        "--store",
+        envvar=ENV_VAR,
+        show_envvar=False,
+        help="Store URL (sqlite:///PATH, postgresql://...) or SQLite path; default "
+        "$LLMCLF_DATABASE_URL, else $LLMCLF_HOME/llmclf.db.",
+    ),
 ]
 
 
-def _store(path: Path | None) -> Store:
-    return open_store(path) if path is not None else open_store()
+def _store(db: str | None) -> Store:
+    use_db(db)
+    return open_store()
 
 
 def _task_info(row: dict[str, Any]) -> dict[str, Any]:
@@ -44,27 +54,22 @@ def _task_info(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _get_row(store: Store, review_id: int) -> dict[str, Any] | None:
-    for status in ("pending", "labelled"):
-        # review_list has no lookup by id; the queue is ordered by id, so scan by status
-        for row in store.review_list(status=status, limit=1_000_000):
-            if row["id"] == review_id:
-                return row
-    return None
+    return store.review_get(review_id)
 
 
 @review_app.command("list")
 def list_(
     task: Annotated[str | None, typer.Option("--task", "-t", help="Only this task.")] = None,
     status: Annotated[
-        str, typer.Option(help="pending, labelled or all.")
+        str, typer.Option(help="pending, labelled, skipped or all.")
     ] = "pending",
     limit: Annotated[int, typer.Option(help="Most rows to show.")] = 50,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
     store: StoreOpt = None,
 ) -> None:
     """List queued predictions (lowest id first)."""
-    if status not in ("pending", "labelled", "all"):
-        raise ConfigError(f"--status must be pending, labelled or all, not {status!r}")
+    if status not in ("pending", "labelled", "skipped", "all"):
+        raise ConfigError(f"--status must be pending, labelled, skipped or all, not {status!r}")
     rows = _store(store).review_list(
         task=task, status=None if status == "all" else status, limit=limit
     )
@@ -144,6 +149,43 @@ def export(
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
     typer.echo(f"wrote {len(rows)} labelled rows to {out}")
+
+
+@review_app.command("ui")
+def ui(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8001,
+    api_key_env: Annotated[
+        str | None,
+        typer.Option(help="Environment variable holding the API key (several: comma-separated)."),
+    ] = None,
+    rate_limit: Annotated[
+        float | None, typer.Option(help="Requests per second allowed per API key.")
+    ] = None,
+    rate_burst: Annotated[int | None, typer.Option(help="Burst size of the rate limit.")] = None,
+    store: StoreOpt = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+) -> None:
+    """Serve the review page (GET /review) without a classifier, on the store's queue."""
+    import sys
+
+    import uvicorn
+
+    from llmclf.service import ServiceSettings
+    from llmclf.service.review_api import create_review_app
+
+    keys: frozenset[str] = frozenset()
+    if api_key_env:
+        raw = os.environ.get(api_key_env, "")
+        keys = frozenset(k.strip() for k in raw.split(",") if k.strip())
+        if not keys:
+            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty")
+    settings = ServiceSettings(api_keys=keys, rate_limit_per_s=rate_limit, rate_burst=rate_burst)
+    app = create_review_app(_store(store), settings)
+    auth = f"; API key from ${api_key_env}" if keys else ""
+    typer.echo(f"llmclf: review page on http://{host}:{port}/review{auth}", err=True)
+    sys.stderr.flush()
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 
 
 def register(app: typer.Typer) -> None:

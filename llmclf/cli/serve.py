@@ -15,7 +15,9 @@ from typing import Annotated
 
 import typer
 
+from llmclf.cli.common import use_db
 from llmclf.errors import ConfigError
+from llmclf.storage.url import ENV_VAR
 
 
 def serve(
@@ -52,12 +54,20 @@ def serve(
         bool, typer.Option("--no-microbatch", help="Send each request on its own.")
     ] = False,
     store: Annotated[
-        Path | None,
-        typer.Option(help="SQLite store (cache, review queue); default $LLMCLF_HOME/llmclf.db."),
+        str | None,
+        typer.Option(
+            "--db",
+            "--store",
+            envvar=ENV_VAR,
+            show_envvar=False,
+            help="Store URL of the cache and review queue: sqlite:///PATH or postgresql://...; "
+            "default $LLMCLF_DATABASE_URL, else $LLMCLF_HOME/llmclf.db.",
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
 ) -> None:
-    """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /healthz, /metrics, /docs."""
+    """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /review, /healthz, /metrics,
+    /docs."""
     import uvicorn
 
     from llmclf.router import Router
@@ -81,12 +91,16 @@ def serve(
         microbatch_wait_ms=batch_wait_ms,
         microbatch_max=micro_batch,
     )
-    st = open_store(store) if store is not None else None
+    use_db(store)
+    st = open_store(store) if store else None
     routers: list[Router] = []
     try:
         for path in router:
             routers.append(Router.from_yaml(path, store=st))
-        app = create_app(routers, settings)
+        review_store = next(
+            (r.review_store for r in routers if r.review_store is not None), None
+        ) or (st if st is not None else open_store())
+        app = create_app(routers, settings, review_store=review_store)
     except BaseException:
         for r in routers:
             r.close()
@@ -94,7 +108,8 @@ def serve(
     tasks = ", ".join(r.task.name for r in routers)
     auth = f"; API key from ${api_key_env}" if keys else ""
     typer.echo(
-        f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs{auth})", err=True
+        f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs, review page at "
+        f"/review{auth})", err=True
     )
     sys.stderr.flush()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)

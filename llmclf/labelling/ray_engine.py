@@ -8,8 +8,8 @@ missing items ──► ray.data.from_items ──► map_batches(Labeller, acto
 
 Ray restarts an actor whose node died and retries its batch; the retried batch skips the
 keys the store already holds, so nothing is labelled (or stored) twice and nothing is lost.
-The actors write to the same store as the driver (``$LLMCLF_HOME/llmclf.db``): every node must
-reach it, e.g. ``LLMCLF_HOME`` on a shared filesystem, or one machine's cluster.
+The actors write to the same store as the driver: on a cluster of several machines use a shared
+PostgreSQL store (``--db postgresql://...``); the SQLite default suits one machine's cluster.
 ``address`` is a running cluster (``ray://host:10001``, ``host:6379``, ``auto``); without one a
 local Ray instance is started and stopped again. Ray's usage stats stay off.
 
@@ -209,7 +209,10 @@ def _one_pass(
             "task": job.task,
             "teacher": job.teacher,
             "options": job.options,
-            "store_path": job.store.path,
+            # the full URL (a PostgreSQL password too): every actor opens the same store
+            "store_path": job.store.url.url
+            if job.store.dialect == "postgresql"
+            else job.store.path,
             "job": job.job,
             "concurrency": concurrency,
         },

@@ -196,6 +196,11 @@ class Router(Backend):
         """Per-arm counters of the A/B split (empty without one)."""
         return self._recorder.arm_stats()
 
+    @property
+    def review_store(self) -> Store | None:
+        """The store the review queue is written to (None without a ``review`` block)."""
+        return self.tree.review.store if self.tree.review is not None else None
+
     def shadow_stats(self) -> ShadowStats | None:
         """Shadow agreement over the sliding window (None without shadow traffic)."""
         return self.tree.shadow.stats() if self.tree.shadow is not None else None
