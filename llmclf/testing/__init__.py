@@ -7,7 +7,15 @@
 """
 
 from llmclf.testing.fake_backend import FunctionBackend, KeywordStudent
+from llmclf.testing.fake_batches import BatchScript
 from llmclf.testing.fake_provider import FakeProvider, Fault
 from llmclf.testing.postgres import TempPostgres
 
-__all__ = ["FakeProvider", "Fault", "FunctionBackend", "KeywordStudent", "TempPostgres"]
+__all__ = [
+    "BatchScript",
+    "FakeProvider",
+    "Fault",
+    "FunctionBackend",
+    "KeywordStudent",
+    "TempPostgres",
+]
