@@ -101,10 +101,16 @@ class HintsIn(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_latency_ms: float | None = Field(default=None, gt=0, description="Never escalate past this")
+    max_latency_ms: float | None = Field(
+        default=None, gt=0, strict=True, description="Never escalate past this"
+    )
     backend: str | None = Field(default=None, max_length=200, description="Force one backend")
     min_confidence: float | None = Field(
-        default=None, ge=0, le=1, description="Escalate when the top score is below this"
+        default=None,
+        ge=0,
+        le=1,
+        strict=True,
+        description="Escalate when the top score is below this",
     )
     request_key: str | None = Field(default=None, max_length=500, description="A/B sticky key")
     request_id: str | None = Field(
