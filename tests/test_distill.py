@@ -592,7 +592,7 @@ def test_binary_certainty_is_measured_from_the_task_threshold(sst2_task: Task) -
 
 
 def test_end_to_end_refuses_a_budget_of_no_steps(sst2_task: Task) -> None:
-    from llmclf.finetune import finetune_end_to_end
+    from llmclf.distill.train.end_to_end import finetune_end_to_end
 
     with pytest.raises(DistillError, match="at least one step"):
         finetune_end_to_end(object(), ["good", "bad"], [["positive"], ["negative"]], sst2_task,
