@@ -3,8 +3,9 @@
 The teacher is asked exactly as `llmclf eval` asks it (same prompt and few-shot pool, so its
 answers come from the LLM cache when that eval ran before). The student is scored from the
 finished model directory, before it is moved into place, with the runtime that will serve it;
-that one run gives its metrics, its predictions for calibration and its agreement with the
-teacher, and is stored like any `llmclf eval` run under the name ``setfit:OUT``.
+that one run gives its metrics, its one-text latency (measured by `evaluate` one text per call),
+its predictions for calibration and its agreement with the teacher, and is stored like any
+`llmclf eval` run under the name ``setfit:OUT``.
 
 Example:
     >>> scored = score_student(tmp, "setfit:models/sst2", es, store=store)  # doctest: +SKIP
@@ -14,21 +15,15 @@ Example:
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import numpy as np
 
 from llmclf.backends.setfit import SetFitBackend
 from llmclf.datasets import EvalSet
 from llmclf.evaluate import EvalRun, evaluate
 from llmclf.store import Store
 
-__all__ = ["LATENCY_TEXTS", "StudentScore", "score_student", "score_teacher"]
-
-#: Eval texts timed one per call for the student's single-text latency.
-LATENCY_TEXTS = 50
+__all__ = ["StudentScore", "score_student", "score_teacher"]
 
 
 @dataclass
@@ -71,15 +66,7 @@ def score_student(
     run under the same name was another model's).
     """
     served = SetFitBackend(model_dir, task=eval_set.task, name=name)
-    single_ms = []
-    for case in eval_set.cases[:LATENCY_TEXTS]:
-        t1 = time.perf_counter()
-        served.predict_batch([case.text])
-        single_ms.append((time.perf_counter() - t1) * 1000)
     runtime = served.runtime
     run = evaluate(eval_set, served, store=store, progress=progress, resume=False)
-    return StudentScore(
-        run=run,
-        runtime=runtime,
-        latency_ms=float(np.median(single_ms)) if single_ms else None,
-    )
+    p50 = (run.metrics.get("latency_ms") or {}).get("p50")
+    return StudentScore(run=run, runtime=runtime, latency_ms=None if p50 is None else float(p50))

@@ -15,7 +15,6 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import io
 import json
@@ -24,7 +23,6 @@ import os
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal
@@ -32,7 +30,8 @@ from typing import IO, TYPE_CHECKING, Any, Literal
 from llmclf.backends.base import Backend
 from llmclf.backends.registry import make_backend
 from llmclf.classifier import validate_texts
-from llmclf.errors import BackendError, ConfigError, InputTextError, TeacherError
+from llmclf.errors import ConfigError, InputTextError, TeacherError
+from llmclf.jobs import Outcome, run_job
 from llmclf.redaction import redact_spec
 from llmclf.store import Store, open_store
 from llmclf.types import Prediction, Task, Usage
@@ -211,39 +210,17 @@ class UnlabeledSource:
         return iter_texts(io.StringIO(self._data), text_field=self.text_field, skip_empty=True)
 
 
-class _LabelProgress:
-    """A rich progress bar on stderr with ETA, tokens and cost (a no-op when disabled)."""
+@dataclass(frozen=True)
+class _Unit:
+    """One text of a labelling job: its position in the input, its item key and the text."""
 
-    def __init__(self, enabled: bool, total: int, done: int, label: str) -> None:
-        self.enabled = enabled
-        self.tokens = 0
-        self.cost: float | None = None
-        self.cached = 0
-        self._bar: Any = None
-        self._stack = contextlib.ExitStack()
-        if not enabled:
-            return
-        from llmclf.progress import open_bar
+    position: int
+    key: str
+    item: TextItem
 
-        self._bar, self._tid = open_bar(
-            self._stack, label, total=total, done=done, stats=self._stats()
-        )
-
-    def _stats(self) -> str:
-        cost = "-" if self.cost is None else f"${self.cost:.4f}"
-        return f"{self.tokens:,} tokens · {cost} · {self.cached} cached"
-
-    def advance(self, pred: Prediction | None = None) -> None:
-        if pred is not None:
-            self.tokens += pred.usage.prompt_tokens + pred.usage.completion_tokens
-            if pred.usage.cost_usd is not None:
-                self.cost = (self.cost or 0.0) + pred.usage.cost_usd
-            self.cached += int(pred.cached)
-        if self._bar is not None:
-            self._bar.update(self._tid, advance=1, stats=self._stats())
-
-    def close(self) -> None:
-        self._stack.close()
+    @property
+    def text(self) -> str:
+        return self.item.text
 
 
 def label_unlabeled(
@@ -304,72 +281,57 @@ def label_unlabeled(
     done = store.teacher_done_keys(job)
     start = time.perf_counter()
     usage = Usage()
-    n_new = 0
     skipped = 0
     failures: list[tuple[TextItem, BaseException]] = []
     keys: set[str] = set()
 
-    def work(item: TextItem) -> Prediction:
-        return backend.predict_batch([item.text])[0]
-
-    pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llmclf-teacher")
-    pending: dict[Future[Prediction], tuple[int, str, TextItem]] = {}
-    bar = _LabelProgress(progress, total, 0, f"teacher {redact_spec(spec)}")
-    interrupted = True
-
-    def collect(finished: set[Future[Prediction]]) -> None:
-        nonlocal usage, n_new
-        for fut in finished:
-            position, key, item = pending.pop(fut)
-            try:
-                pred = fut.result()
-            except (BackendError, InputTextError) as exc:
-                failures.append((item, exc))
-                bar.advance()
-                continue
-            record = {
-                "position": position,
-                "id": item.id,
-                "line": item.line,
-                "prediction": pred.model_dump(mode="json"),
-            }
-            # committed at once: a crash loses at most the texts in flight
-            store.put_teacher_label(job, key, position, item.text, record)
-            usage = usage + pred.usage
-            n_new += 1
-            bar.advance(pred)
-
-    try:
+    def units() -> Iterator[_Unit]:
         for position, item in enumerate(src.items()):
             if position >= total:
-                break
-            key = item_key(position, item.text)
-            keys.add(key)
-            if key in done:
-                bar.advance()
-                continue
-            try:
-                validate_texts([item.text], task.max_text_chars)
-            except InputTextError as exc:
-                log.warning("%s:%s: skipped: %s", src.name, item.line, exc)
-                skipped += 1
-                bar.advance()
-                continue
-            if failures:
-                break  # the teacher is failing: stop asking, keep what was labelled
-            pending[pool.submit(work, item)] = (position, key, item)
-            if len(pending) >= concurrency * 2:
-                finished, _ = wait(set(pending), return_when=FIRST_COMPLETED)
-                collect(finished)
-        while pending:
-            finished, _ = wait(set(pending), return_when=FIRST_COMPLETED)
-            collect(finished)
-        interrupted = False
+                return
+            unit = _Unit(position, item_key(position, item.text), item)
+            keys.add(unit.key)
+            yield unit
+
+    def ask(texts: list[str]) -> list[Prediction]:
+        validate_texts(texts, task.max_text_chars)
+        return backend.predict_batch(texts)
+
+    def commit(outcome: Outcome[_Unit]) -> None:
+        nonlocal usage, skipped
+        unit, pred = outcome.item, outcome.prediction
+        if isinstance(outcome.error, InputTextError):
+            log.warning("%s:%s: skipped: %s", src.name, unit.item.line, outcome.error)
+            skipped += 1
+            return
+        if outcome.error is not None or pred is None:
+            failures.append((unit.item, outcome.error or TeacherError("no answer")))
+            return
+        record = {
+            "position": unit.position,
+            "id": unit.item.id,
+            "line": unit.item.line,
+            "prediction": pred.model_dump(mode="json"),
+        }
+        # committed at once: a crash loses at most the texts in flight
+        store.put_teacher_label(job, unit.key, unit.position, unit.item.text, record)
+        usage = usage + pred.usage
+
+    try:
+        counts = run_job(
+            units(),
+            ask,
+            commit,
+            total=total,
+            label=f"teacher {redact_spec(spec)}",
+            key=lambda u: u.key,
+            done=done,
+            concurrency=concurrency,
+            stop=lambda: bool(failures),  # the teacher is failing: stop asking, keep the labels
+            progress=progress,
+            thread_name="llmclf-teacher",
+        )
     finally:
-        bar.close()
-        for fut in pending:
-            fut.cancel()
-        pool.shutdown(wait=not interrupted, cancel_futures=True)
         if own_backend:
             backend.close()
     if failures:
@@ -387,7 +349,7 @@ def label_unlabeled(
         source_hash=src.hash,
         rows=rows,
         n_texts=total,
-        n_new=n_new,
+        n_new=counts.new,
         n_skipped=skipped,
         usage=usage,
         seconds=time.perf_counter() - start,
