@@ -77,11 +77,12 @@ def headline(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def version() -> str:
     """The installed llmclf version (the model card records it)."""
-    try:
-        from llmclf import __version__
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
 
-        return str(__version__)
-    except ImportError:  # pragma: no cover
+    try:
+        return installed("llmclf")
+    except PackageNotFoundError:  # pragma: no cover - run from a source tree
         return "unknown"
 
 
