@@ -22,7 +22,8 @@ LLMClfError
  │    └── TeacherError           the teacher failed on some texts (what it gave is kept; re-run)
  ├── ExportError                 the ONNX export or quantization failed
  │    └── ParityError            an exported model's scores differ from torch's beyond the bound
- └── StoreError                  the SQLite store is unusable
+ └── StoreError                  the store (SQLite or PostgreSQL) is unusable
+      └── ReviewConflict         a review item was already decided (by someone else)
 ```
 
 Example:
@@ -96,7 +97,20 @@ class UnknownBackendHint(ConfigError):
 
 
 class StoreError(LLMClfError):
-    """The SQLite store could not be opened or written."""
+    """The store (SQLite file or PostgreSQL database) could not be opened or written."""
+
+
+class ReviewConflict(StoreError):
+    """A review item was already decided, or a decision to undo is no longer the current one.
+
+    ``review_id`` names the item, ``current`` its current decision (None when it is pending)."""
+
+    def __init__(
+        self, message: str, *, review_id: int, current: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.review_id = review_id
+        self.current = current
 
 
 class BackendError(LLMClfError):

@@ -77,6 +77,7 @@ HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
     ("weighted_f1", "weighted_f1"),
     ("auc_roc", "auc_roc"),
     ("ece", "calibration.ece"),
+    ("ece_uncalibrated", "calibration_raw.ece"),
     ("hamming_loss", "hamming_loss"),
     ("abstain_rate", "abstain_rate"),
     ("error_rate", "error_rate"),

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,19 +58,28 @@ class ExampleSelector:
         ]  # fmt: skip
         return cls(examples, task, embed)
 
-    def select(self, text: str, k: int) -> list[Example]:
-        """The ``k`` nearest examples, at most ``ceil(k / n_labels)`` per label, nearest last."""
+    def select(
+        self, text: str, k: int, *, labels: Collection[str] | None = None
+    ) -> list[Example]:
+        """The ``k`` nearest examples, at most ``ceil(k / n_labels)`` per label, nearest last.
+
+        ``labels``: only examples whose labels are all among these (a shortlist's candidates);
+        the per-label cap is then counted over them."""
         if k <= 0:
             return []
+        allowed = None if labels is None else set(labels)
         query = self._embed([text])[0]
         order = np.argsort(-(self._matrix @ query), kind="stable")
-        cap = max(1, math.ceil(k / len(self.task.labels)))
+        n_labels = len(self.task.labels) if allowed is None else max(1, len(allowed))
+        cap = max(1, math.ceil(k / n_labels))
         per_label: Counter[str] = Counter()
         chosen: list[Example] = []
         for idx in order:
             ex = self.examples[int(idx)]
             if ex.text == text:
                 continue  # never show the model the answer to the very text it is asked about
+            if allowed is not None and not set(ex.gold) <= allowed:
+                continue
             if any(per_label[g] >= cap for g in ex.gold):
                 continue
             per_label.update(ex.gold)

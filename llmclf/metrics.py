@@ -21,7 +21,8 @@ Conventions (what a number means):
   reliability curve (per bin: mean confidence, accuracy, count). Single-label: top-label
   confidence, i.e. the score of the label answered, against whether it is right; abstentions and
   errors are left out (they make no claim). Multi-label: every (case, label) decision, with
-  confidence ``max(s, 1 - s)``.
+  confidence ``max(s, 1 - s)``. When some predictions were calibrated (`llmclf.calibration`),
+  ``calibration_raw`` is the same over their raw scores, labels at the task's own threshold.
 - **coverage_curve**: for k = 10, 20 ... 100 %, the accuracy of the k % most confident cases
   (`case_confidence`; abstentions and errors rank last and count as wrong, so k = 100 equals
   ``accuracy``).
@@ -56,6 +57,7 @@ from typing import Any
 import numpy as np
 from sklearn import metrics as skm
 
+from llmclf.decision import decide
 from llmclf.errors import ConfigError
 from llmclf.types import Prediction, Task, Usage
 
@@ -66,7 +68,9 @@ N_BINS = 10
 COVERAGE_STEPS = tuple(range(10, 101, 10))
 
 #: Metrics where a smaller number is better (a regression gate reads an increase as a drop).
-LOWER_IS_BETTER = frozenset({"ece", "error_rate", "abstain_rate", "hamming_loss"})
+LOWER_IS_BETTER = frozenset(
+    {"ece", "ece_uncalibrated", "error_rate", "abstain_rate", "hamming_loss"}
+)
 
 
 def _f(x: Any) -> float | None:
@@ -139,6 +143,52 @@ def calibration(
             }
         )
     return {"ece": _f(ece) if n else None, "n": n, "n_bins": n_bins, "bins": bins}
+
+
+def brier(task: Task, scores: Any, golds: Sequence[Sequence[str]]) -> float | None:
+    """The Brier score of score rows (task label order) against gold answers: for a binary
+    task the squared error of the positive label's score (`sklearn.metrics.brier_score_loss`);
+    for a multiclass task the squared error summed over labels; for a multi-label one the
+    squared error averaged over labels. None without cases.
+
+    Example:
+        >>> from llmclf.types import Label
+        >>> t = Task(name="t", kind="binary", positive_label="p",
+        ...          labels=[Label(name="n"), Label(name="p")])
+        >>> round(brier(t, [[0.2, 0.8], [0.6, 0.4]], [["p"], ["n"]]), 3)
+        0.1
+    """
+    p = np.asarray(scores, dtype=float)
+    if not len(golds):
+        return None
+    names = list(task.label_names)
+    y = np.array([[int(n in g) for n in names] for g in golds])
+    if task.kind == "binary":
+        pos = names.index(task.positive_label or names[1])
+        return _f(skm.brier_score_loss(y[:, pos], np.clip(p[:, pos], 0.0, 1.0)))
+    sq = (np.clip(p, 0.0, 1.0) - y) ** 2
+    return _f(sq.mean(axis=1).mean() if task.is_multilabel else sq.sum(axis=1).mean())
+
+
+_RAW_NOTE = "before calibration: the raw scores, labels at the task's own threshold"
+
+
+def _uncalibrated_view(
+    task: Task, preds: Sequence[Prediction | None]
+) -> list[tuple[tuple[str, ...], dict[str, float]] | None] | None:
+    """Per prediction, the labels and scores it would have had uncalibrated (None for errors
+    and abstentions); None when no prediction was calibrated."""
+    if not any(p is not None and p.calibrated and p.raw_scores for p in preds):
+        return None
+    out: list[tuple[tuple[str, ...], dict[str, float]] | None] = []
+    for p in preds:
+        if p is None or p.abstained:
+            out.append(None)
+        elif p.calibrated and p.raw_scores:
+            out.append((decide(task, p.raw_scores).labels, p.raw_scores))
+        else:
+            out.append((p.labels, p.scores))
+    return out
 
 
 def coverage_curve(confidences: Sequence[float], correct: Sequence[bool]) -> list[dict[str, Any]]:
@@ -386,6 +436,17 @@ def _single_label(
         conf.append(float(p.scores.get(p.label, p.confidence)))
         ok.append(p.label == g)
     res["calibration"] = calibration(conf, ok)
+    raw = _uncalibrated_view(task, preds)
+    if raw is not None:
+        conf, ok = [], []
+        for g, view in zip(y_true, raw, strict=True):
+            if view is None or not view[0]:
+                continue
+            labs, sc = view
+            conf.append(float(sc.get(labs[0], 0.0)))
+            ok.append(labs[0] == g)
+        res["calibration_raw"] = calibration(conf, ok)
+        res["calibration_raw"]["note"] = _RAW_NOTE
 
     # coverage: abstentions and errors rank last
     rank_conf = [case_confidence(task, p) for p in preds]
@@ -533,6 +594,22 @@ def _multilabel(
             ok.append(chosen == bool(ys[row, j]))
     res["calibration"] = calibration(conf, ok)
     res["calibration"]["unit"] = "label decision"
+    raw = _uncalibrated_view(task, preds)
+    if raw is not None:
+        conf, ok = [], []
+        for row, i in enumerate(has_scores):
+            view = raw[i]
+            if view is None:
+                continue
+            labs, sc = view
+            for j, lab in enumerate(labels):
+                v = float(sc.get(lab, 0.0))
+                chosen = lab in labs
+                conf.append(v if chosen else 1.0 - v)
+                ok.append(chosen == bool(ys[row, j]))
+        res["calibration_raw"] = calibration(conf, ok)
+        res["calibration_raw"]["unit"] = "label decision"
+        res["calibration_raw"]["note"] = _RAW_NOTE
 
     # coverage: a case's confidence is its least sure label decision
     rank_conf = [case_confidence(task, p) for p in preds]

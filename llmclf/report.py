@@ -266,6 +266,9 @@ def render_html(run: EvalRun, *, max_errors: int = 25) -> str:
     ]
     if m.get("kind") == "multilabel":
         cards.insert(3, card("hamming loss", "hamming_loss"))
+    if m.get("calibration_raw"):
+        i = next(i for i, c in enumerate(cards) if c[0] == "ECE")
+        cards.insert(i + 1, card("ECE before calibration", "calibration_raw.ece"))
     created = (
         dt.datetime.fromtimestamp(run.created).strftime("%Y-%m-%d %H:%M:%S") if run.created else "-"
     )
@@ -295,6 +298,7 @@ def render_html(run: EvalRun, *, max_errors: int = 25) -> str:
         heatmap=heatmap(m.get("confusion_matrix") or {}, hidden),
         hidden=hidden,
         reliability=reliability(m.get("calibration")),
+        reliability_raw=reliability(m.get("calibration_raw")),
         coverage=coverage(m.get("coverage_curve")),
         worst=_worst_errors(run, max_errors),
         failed=_failed(run, max_errors),

@@ -1,8 +1,12 @@
-"""SQLite store: response cache, eval runs, teacher labels and the review queue, in one file.
+"""The store: response cache, eval runs, teacher labels and the review queue.
 
-The schema is a list of ordered migrations (applied once each, recorded in ``_migrations``).
-Every write is one transaction in WAL mode, so a crash or a ``kill -9`` leaves either the whole
-row or nothing, and many threads and processes can share the file.
+One facade over two databases chosen by URL (`llmclf.storage`): a SQLite file (the embedded
+default, ``$LLMCLF_HOME/llmclf.db``) or a shared PostgreSQL server (``postgresql://...``,
+``$LLMCLF_DATABASE_URL`` or ``--db``). The schema is a list of ordered migrations (applied once
+each, recorded in ``_migrations``; on PostgreSQL in one transaction under an advisory lock).
+Every write is one transaction, so a crash or a ``kill -9`` leaves either the whole row or
+nothing, and many threads and processes can share the store. Queries are written in the SQL
+both databases accept (``?`` placeholders, ``INSERT ... ON CONFLICT``, ``RETURNING``).
 
 Example:
     >>> s = Store(":memory:")
@@ -14,16 +18,18 @@ Example:
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
-from llmclf.errors import StoreError
+from llmclf.errors import ReviewConflict, StoreError
+from llmclf.storage import Database, connect, default_url, parse_url
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -94,7 +100,53 @@ MIGRATIONS: list[tuple[str, str]] = [
         CREATE INDEX review_task_status ON review(task, status);
         """,
     ),
+    (
+        # one row per decision a person made on a review item (kept when undone: nothing is
+        # lost); review.decision names the current one. Portable SQL (SQLite and PostgreSQL).
+        "005_review_decisions",
+        """
+        CREATE TABLE review_decisions (
+            id TEXT PRIMARY KEY,
+            review_id INTEGER NOT NULL REFERENCES review(id),
+            task TEXT NOT NULL,
+            action TEXT NOT NULL,
+            gold TEXT,
+            reviewer TEXT,
+            decided REAL NOT NULL,
+            undone REAL
+        );
+        CREATE INDEX review_decisions_item ON review_decisions(review_id);
+        CREATE INDEX review_created ON review(task, created);
+        ALTER TABLE review ADD COLUMN decision TEXT;
+        """,
+    ),
+    (
+        "007_label_batches",
+        """
+        CREATE TABLE label_batches (
+            id TEXT PRIMARY KEY,
+            job TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            batch_id TEXT,
+            input_file_id TEXT,
+            status TEXT NOT NULL,
+            keys TEXT NOT NULL,
+            generation INTEGER NOT NULL DEFAULT 0,
+            info TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        );
+        CREATE INDEX label_batches_job ON label_batches(job, seq);
+        """,
+    ),
 ]
+
+#: What a person can do with a review item: give gold labels, or skip it.
+REVIEW_ACTIONS = ("labelled", "skipped")
+_DECISION_SQL = (
+    "SELECT id, review_id, task, action, gold, reviewer, decided, undone FROM review_decisions"
+)
 
 
 def _dumps(obj: Any) -> str:
@@ -108,79 +160,42 @@ def _dumps(obj: Any) -> str:
 
 
 class Store:
-    """One SQLite file; thread-safe (a connection per thread), process-safe (WAL + busy timeout)."""
+    """The store behind a URL or path: thread-safe and process-safe on either database.
+
+    ``target`` is a SQLite path, ``:memory:``, ``sqlite:///PATH`` or ``postgresql://...``
+    (`llmclf.storage.url`); a bad URL or an unreachable database raises `StoreError` naming the
+    URL without its password."""
 
     def __init__(self, path: str | Path) -> None:
-        self.path = str(path)
-        self._local = threading.local()
-        self._memory_conn: sqlite3.Connection | None = None
-        self._memory_lock = threading.Lock()
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        self.url = parse_url(path)
+        #: the SQLite file (``:memory:``), or the PostgreSQL URL without its password
+        self.path = self.url.path if self.url.dialect == "sqlite" else self.url.redacted
+        self._db: Database = connect(self.url)
         try:
-            self._migrate()
+            self._db.migrate(MIGRATIONS)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
 
-    # -- connection -----------------------------------------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self.path == ":memory:":
-            if self._memory_conn is None:
-                self._memory_conn = sqlite3.connect(":memory:", check_same_thread=False)
-            return self._memory_conn
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA foreign_keys=ON")
-            conn.execute("PRAGMA busy_timeout=60000")
-            self._local.conn = conn
-        return conn
+    @property
+    def dialect(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return self._db.dialect
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """One write transaction (BEGIN IMMEDIATE, so writers queue instead of deadlocking)."""
-        conn = self._conn()
-        lock = self._memory_lock if self.path == ":memory:" else None
-        if lock:
-            lock.acquire()
-        try:
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
-        finally:
-            if lock:
-                lock.release()
+    # -- connection -----------------------------------------------------------------------------
+    def _tx(self) -> AbstractContextManager[Any]:
+        """One write transaction (on SQLite BEGIN IMMEDIATE, so writers queue, never deadlock)."""
+        return self._db.transaction()
 
     def _read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
-        conn = self._conn()
-        if self.path == ":memory:":
-            with self._memory_lock:
-                return conn.execute(sql, tuple(args)).fetchall()
-        return conn.execute(sql, tuple(args)).fetchall()
-
-    def _migrate(self) -> None:
-        with self._tx() as conn:
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied REAL)"
-            )
-            done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
-            for name, sql in MIGRATIONS:
-                if name in done:
-                    continue
-                for stmt in sql.split(";"):
-                    if stmt.strip():
-                        conn.execute(stmt)
-                conn.execute("INSERT INTO _migrations VALUES (?, ?)", (name, time.time()))
+        return self._db.read(sql, args)
 
     def integrity_check(self) -> str:
-        """SQLite's ``PRAGMA integrity_check``: 'ok' when the file is sound."""
-        return str(self._read("PRAGMA integrity_check")[0][0])
+        """'ok' when the database is sound (SQLite: ``PRAGMA integrity_check``)."""
+        return self._db.integrity_check()
+
+    def close(self) -> None:
+        """Close this store's connections (a PostgreSQL pool; this thread's SQLite handle)."""
+        self._db.close()
 
     # -- response cache ---------------------------------------------------------------------------
     def cache_get(self, key: str) -> Any | None:
@@ -191,7 +206,9 @@ class Store:
         """Store a validated response; only ever called after validation succeeded."""
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO cache VALUES (?, ?, ?, ?)",
+                "INSERT INTO cache (key, model, response, created) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (key) DO UPDATE SET model = excluded.model,"
+                " response = excluded.response, created = excluded.created",
                 (key, model, _dumps(response), time.time()),
             )
 
@@ -242,7 +259,10 @@ class Store:
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO run_cases VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO run_cases (run_id, case_id, position, gold, prediction)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (run_id, case_id) DO UPDATE SET"
+                " position = excluded.position, gold = excluded.gold,"
+                " prediction = excluded.prediction",
                 (run_id, case_id, position, _dumps(gold), _dumps(prediction)),
             )
 
@@ -308,12 +328,28 @@ class Store:
             for r in self._read("SELECT item_key FROM teacher_labels WHERE job = ?", (job,))
         }
 
+    def teacher_keys_present(self, job: str, keys: list[str]) -> set[str]:
+        """Which of ``keys`` already have a label in ``job``."""
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._read(
+                f"SELECT item_key FROM teacher_labels WHERE job = ? AND item_key IN ({marks})",
+                (job, *part),
+            )
+            found |= {str(r[0]) for r in rows}
+        return found
+
     def put_teacher_label(
         self, job: str, item_key: str, position: int, text: str, prediction: dict[str, Any]
     ) -> None:
         with self._tx() as conn:
             conn.execute(
-                "INSERT OR REPLACE INTO teacher_labels VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO teacher_labels (job, item_key, position, text, prediction)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (job, item_key) DO UPDATE SET"
+                " position = excluded.position, text = excluded.text,"
+                " prediction = excluded.prediction",
                 (job, item_key, position, text, _dumps(prediction)),
             )
 
@@ -324,48 +360,132 @@ class Store:
         )
         return [{"key": r[0], "text": r[1], "prediction": json.loads(r[2])} for r in rows]
 
+    # -- provider batches of a labelling job (llmclf label --engine batch) ------------------------
+    def batch_add(self, job: str, provider: str, keys: list[str], generation: int = 0) -> str:
+        """Record a chunk of a job *before* it is submitted (status ``submitting``); returns its
+        id (``job:seq``), which is also sent as the batch's metadata so a crash between the
+        provider's answer and `batch_update` can be recovered without resubmitting."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM label_batches WHERE job = ?", (job,)
+            ).fetchone()
+            seq = int(row[0])
+            chunk_id = f"{job}:{seq}"
+            now = time.time()
+            conn.execute(
+                "INSERT INTO label_batches (id, job, seq, provider, status, keys, generation,"
+                " created, updated) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?)",
+                (chunk_id, job, seq, provider, _dumps(keys), generation, now, now),
+            )
+        return chunk_id
+
+    def batch_update(
+        self,
+        chunk_id: str,
+        *,
+        status: str | None = None,
+        batch_id: str | None = None,
+        input_file_id: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Update one chunk's provider ids, status and info (one transaction)."""
+        sets: list[str] = ["updated = ?"]
+        args: list[Any] = [time.time()]
+        for col, value in (("status", status), ("batch_id", batch_id),
+                           ("input_file_id", input_file_id)):  # fmt: skip
+            if value is not None:
+                sets.append(f"{col} = ?")
+                args.append(value)
+        if info is not None:
+            sets.append("info = ?")
+            args.append(_dumps(info))
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE label_batches SET {', '.join(sets)} WHERE id = ?", (*args, chunk_id)
+            )
+
+    def batches(self, job: str) -> list[dict[str, Any]]:
+        """Every chunk of ``job``, in submission order."""
+        rows = self._read(
+            "SELECT id, seq, provider, batch_id, input_file_id, status, keys, generation, info,"
+            " created, updated FROM label_batches WHERE job = ? ORDER BY seq",
+            (job,),
+        )
+        return [
+            {"id": r[0], "seq": r[1], "provider": r[2], "batch_id": r[3],
+             "input_file_id": r[4], "status": r[5], "keys": json.loads(r[6]),
+             "generation": r[7], "info": json.loads(r[8]), "created": r[9], "updated": r[10]}
+            for r in rows
+        ]  # fmt: skip
+
     # -- review queue ---------------------------------------------------------------------------
     def review_add(
         self, task: str, text: str, prediction: dict[str, Any], request_id: str | None = None
     ) -> int:
+        """Queue one row; its id, or 0 when ``request_id`` was queued already."""
         with self._tx() as conn:
-            cur = conn.execute(
-                "INSERT OR IGNORE INTO review (request_id, created, task, text, prediction)"
-                " VALUES (?, ?, ?, ?, ?)",
+            row = conn.execute(
+                "INSERT INTO review (request_id, created, task, text, prediction)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING id",
                 (request_id, time.time(), task, text, _dumps(prediction)),
-            )
-            return int(cur.lastrowid or 0)
+            ).fetchone()
+            return int(row[0]) if row else 0
 
     def review_list(
-        self, task: str | None = None, status: str | None = "pending", limit: int = 100
+        self,
+        task: str | None = None,
+        status: str | None = "pending",
+        limit: int = 100,
+        *,
+        after_id: int | None = None,
     ) -> list[dict[str, Any]]:
-        sql = "SELECT id, request_id, created, task, text, prediction, status, gold FROM review"
-        where, args = [], []
+        """Queued rows, lowest id first (``status`` None: any); ``after_id`` pages on."""
+        sql = (
+            "SELECT id, request_id, created, task, text, prediction, status, gold, reviewed,"
+            " decision FROM review"
+        )
+        where: list[str] = []
+        args: list[Any] = []
         if task:
             where.append("task = ?")
             args.append(task)
         if status:
             where.append("status = ?")
             args.append(status)
+        if after_id is not None:
+            where.append("id > ?")
+            args.append(after_id)
         if where:
             sql += " WHERE " + " AND ".join(where)
         sql += " ORDER BY id LIMIT ?"
-        rows = self._read(sql, (*args, limit))
-        return [
-            {
-                "id": r[0],
-                "request_id": r[1],
-                "created": r[2],
-                "task": r[3],
-                "text": r[4],
-                "prediction": json.loads(r[5]),
-                "status": r[6],
-                "gold": json.loads(r[7]) if r[7] else None,
-            }
-            for r in rows
-        ]
+        return [self._review_row(r) for r in self._read(sql, (*args, limit))]
+
+    @staticmethod
+    def _review_row(r: tuple[Any, ...]) -> dict[str, Any]:
+        return {
+            "id": r[0],
+            "request_id": r[1],
+            "created": r[2],
+            "task": r[3],
+            "text": r[4],
+            "prediction": json.loads(r[5]),
+            "status": r[6],
+            "gold": json.loads(r[7]) if r[7] else None,
+            "reviewed": r[8],
+            "decision": r[9],
+        }
+
+    def review_get(self, review_id: int) -> dict[str, Any] | None:
+        """One queued row by id (None when there is none)."""
+        rows = self._read(
+            "SELECT id, request_id, created, task, text, prediction, status, gold, reviewed,"
+            " decision FROM review WHERE id = ?",
+            (review_id,),
+        )
+        return self._review_row(rows[0]) if rows else None
 
     def review_label(self, review_id: int, gold: list[str]) -> bool:
+        """Set the gold labels of a row whatever its state (the CLI's ``review label``)."""
         with self._tx() as conn:
             cur = conn.execute(
                 "UPDATE review SET status = 'labelled', gold = ?, reviewed = ? WHERE id = ?",
@@ -373,8 +493,196 @@ class Store:
             )
             return cur.rowcount == 1
 
+    def review_labels_since(self, task: str, since: float) -> list[list[str]]:
+        """The predicted labels of the rows of ``task`` queued at or after ``since``."""
+        rows = self._read(
+            "SELECT prediction FROM review WHERE task = ? AND created >= ? ORDER BY id",
+            (task, since),
+        )
+        out = []
+        for (pred,) in rows:
+            labels = json.loads(pred).get("labels") or []
+            out.append([str(x) for x in labels])
+        return out
+
+    def review_decide(
+        self,
+        review_id: int,
+        action: str,
+        gold: list[str] | None = None,
+        *,
+        reviewer: str | None = None,
+    ) -> dict[str, Any]:
+        """Record one person's decision on a pending row, in one transaction.
+
+        ``action``: ``labelled`` (with ``gold``) or ``skipped``. Only a pending row can be
+        decided: when two people decide the same row, the first is recorded and the second
+        gets `ReviewConflict` naming the decision already made. Returns the decision.
+
+        Example:
+            >>> s = Store(":memory:")
+            >>> rid = s.review_add("t", "meh", {"labels": ["a"]})
+            >>> s.review_decide(rid, "labelled", ["b"])["gold"]
+            ['b']
+            >>> s.review_decide(rid, "labelled", ["a"])             # doctest: +ELLIPSIS
+            Traceback (most recent call last):
+            llmclf.errors.ReviewConflict: review #1 was already labelled b ...
+        """
+        if action not in REVIEW_ACTIONS:
+            raise StoreError(f"unknown review action {action!r}; one of {REVIEW_ACTIONS}")
+        if action == "labelled" and not gold:
+            raise StoreError("a 'labelled' decision needs the gold labels")
+        decision = {
+            "id": uuid.uuid4().hex,
+            "review_id": review_id,
+            "action": action,
+            "gold": list(gold) if action == "labelled" and gold else None,
+            "reviewer": reviewer,
+            "decided": time.time(),
+            "undone": None,
+        }
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT task, status, decision FROM review WHERE id = ?", (review_id,)
+            ).fetchone()
+            if row is None:
+                raise StoreError(f"no review row with id {review_id}")
+            task, status, current = row
+            if status != "pending":
+                raise self._conflict(conn, review_id, status, current)
+            cur = conn.execute(
+                "UPDATE review SET status = ?, gold = ?, reviewed = ?, decision = ?"
+                " WHERE id = ? AND status = 'pending'",
+                (
+                    action,
+                    _dumps(decision["gold"]) if decision["gold"] else None,
+                    decision["decided"],
+                    decision["id"],
+                    review_id,
+                ),
+            )
+            if cur.rowcount != 1:  # another writer won between the read and the write
+                raise self._conflict(conn, review_id, status, current)
+            conn.execute(
+                "INSERT INTO review_decisions (id, review_id, task, action, gold, reviewer,"
+                " decided, undone) VALUES (?, ?, ?, ?, ?, ?, ?, NULL)",
+                (
+                    decision["id"],
+                    review_id,
+                    task,
+                    action,
+                    _dumps(decision["gold"]) if decision["gold"] else None,
+                    reviewer,
+                    decision["decided"],
+                ),
+            )
+        decision["task"] = task
+        return decision
+
+    def _conflict(
+        self, conn: Any, review_id: int, status: str, decision_id: str | None
+    ) -> ReviewConflict:
+        current = self._decision(conn, decision_id) if decision_id else None
+        if current is None:
+            what = status
+        elif current["action"] == "labelled":
+            what = "labelled " + ",".join(current["gold"] or [])
+        else:
+            what = "skipped"
+        who = f" by {current['reviewer']}" if current and current["reviewer"] else ""
+        when = (
+            time.strftime(" at %H:%M:%S UTC", time.gmtime(current["decided"])) if current else ""
+        )
+        return ReviewConflict(
+            f"review #{review_id} was already {what}{who}{when}; "
+            "nothing was changed (reload the queue to see it)",
+            review_id=review_id,
+            current=current,
+        )
+
+    @staticmethod
+    def _decision(conn: Any, decision_id: str) -> dict[str, Any] | None:
+        """One decision, read in the transaction ``conn`` (a `llmclf.storage.base.Tx`)."""
+        r = conn.execute(
+            _DECISION_SQL + " WHERE id = ?",
+            (decision_id,),
+        ).fetchone()
+        return Store._decision_dict(r) if r is not None else None
+
+    @staticmethod
+    def _decision_dict(r: Any) -> dict[str, Any]:
+        return {
+            "id": r[0],
+            "review_id": r[1],
+            "task": r[2],
+            "action": r[3],
+            "gold": json.loads(r[4]) if r[4] else None,
+            "reviewer": r[5],
+            "decided": r[6],
+            "undone": r[7],
+        }
+
+    def review_undo(self, decision_id: str) -> dict[str, Any]:
+        """Undo a decision: its row is pending again; the decision is kept, marked undone.
+
+        Only the row's current decision can be undone (`ReviewConflict` otherwise: someone
+        decided it again since). Returns the row, pending."""
+        with self._tx() as conn:
+            d = self._decision(conn, decision_id)
+            if d is None:
+                raise StoreError(f"no review decision with id {decision_id!r}")
+            row = conn.execute(
+                "SELECT status, decision FROM review WHERE id = ?", (d["review_id"],)
+            ).fetchone()
+            if d["undone"] is not None or row is None or row[1] != decision_id:
+                raise ReviewConflict(
+                    f"review #{d['review_id']}: that decision is no longer the current one "
+                    "(already undone, or decided again since); nothing was changed",
+                    review_id=int(d["review_id"]),
+                    current=self._decision(conn, row[1]) if row and row[1] else None,
+                )
+            now = time.time()
+            conn.execute(
+                "UPDATE review SET status = 'pending', gold = NULL, reviewed = NULL,"
+                " decision = NULL WHERE id = ? AND decision = ?",
+                (d["review_id"], decision_id),
+            )
+            conn.execute(
+                "UPDATE review_decisions SET undone = ? WHERE id = ?", (now, decision_id)
+            )
+        row_out = self.review_get(int(d["review_id"]))
+        assert row_out is not None
+        return row_out
+
+    def review_decisions(self, review_id: int) -> list[dict[str, Any]]:
+        """Every decision made on a row, oldest first (undone ones included)."""
+        rows = self._read(
+            _DECISION_SQL + " WHERE review_id = ? ORDER BY decided, id", (review_id,)
+        )
+        return [self._decision_dict(r) for r in rows]
+
+    def review_counts(self, task: str | None = None) -> dict[str, int]:
+        """Rows per status (``pending``, ``labelled``, ``skipped``), for one task or all."""
+        sql = "SELECT status, COUNT(*) FROM review"
+        args: tuple[Any, ...] = ()
+        if task:
+            sql += " WHERE task = ?"
+            args = (task,)
+        sql += " GROUP BY status"
+        counts = {"pending": 0, "labelled": 0, "skipped": 0}
+        for status, n in self._read(sql, args):
+            counts[str(status)] = int(n)
+        return counts
+
+    def review_tasks(self) -> list[str]:
+        """The tasks that have rows in the queue."""
+        return [str(r[0]) for r in self._read("SELECT DISTINCT task FROM review ORDER BY task")]
+
     def count(self, table: str, where: str = "", args: Iterable[Any] = ()) -> int:
-        if table not in {"cache", "runs", "run_cases", "teacher_labels", "review"}:
+        if table not in {
+            "cache", "runs", "run_cases", "teacher_labels", "review", "review_decisions",
+            "label_batches",
+        }:
             raise StoreError(f"unknown table {table!r}")
         sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")
         return int(self._read(sql, args)[0][0])
@@ -385,11 +693,25 @@ _default_lock = threading.Lock()
 
 
 def open_store(path: str | Path | None = None, *, factory: Callable[[str], Store] = Store) -> Store:
-    """The process-wide store for ``path`` (default: ``$LLMCLF_HOME/llmclf.db``)."""
-    from llmclf.paths import store_path
+    """The process-wide store for ``path``: a store URL or SQLite path; by default
+    ``$LLMCLF_DATABASE_URL``, else ``$LLMCLF_HOME/llmclf.db``.
 
-    key = str(path or store_path())
+    Example:
+        >>> open_store("sqlite:///:memory:").dialect
+        'sqlite'
+    """
+    target = str(path) if path else default_url()
+    key = f"{os.getpid()}:{target}"  # a forked child never reuses its parent's connections
     with _default_lock:
         if key not in _default:
-            _default[key] = factory(key)
+            _default[key] = factory(target)
         return _default[key]
+
+
+def close_stores() -> None:
+    """Close and forget every store `open_store` opened in this process (tests, shutdown)."""
+    with _default_lock:
+        stores = list(_default.values())
+        _default.clear()
+    for s in stores:
+        s.close()

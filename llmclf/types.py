@@ -14,14 +14,31 @@ import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from llmclf.yamlfile import load_model_from_yaml, load_model_from_yaml_text
 
 TaskKind = Literal["binary", "multiclass", "multilabel"]
-ScoreSource = Literal["logprobs", "votes", "verbalized", "model"]
+#: Where raw scores come from.
+RawScoreSource = Literal["logprobs", "votes", "verbalized", "model"]
+#: How raw scores were calibrated (`llmclf.calibration`).
+CalibrationMethod = Literal["temperature", "platt", "isotonic", "contextual"]
+#: ``<raw source>`` or ``<raw source>+<calibration method>``, e.g. ``logprobs+temperature``.
+ScoreSource = Annotated[
+    str,
+    StringConstraints(
+        pattern=r"^(logprobs|votes|verbalized|model)(\+(temperature|platt|isotonic|contextual))?$"
+    ),
+]
 
 #: The reserved outcome name a model picks to abstain when a task allows it.
 ABSTAIN = "abstain"
@@ -185,7 +202,11 @@ class Prediction(BaseModel):
     """What every backend returns for one text.
 
     ``scores`` holds a score for every label of the task: they sum to 1 for a single-label
-    task and are independent per label for a multi-label one.
+    task and are independent per label for a multi-label one. The labels follow the scores
+    (`llmclf.decision.decide`): the top score for a single-label task, unless a binary task's
+    ``threshold`` (set, when it is not 0.5, on the answer) says why. ``calibrated`` says whether
+    the scores went through a fitted calibrator (``score_source`` then names it, e.g.
+    ``logprobs+temperature``); ``raw_scores`` then keeps the scores before calibration.
 
     Example:
         >>> p = Prediction(labels=("positive",), scores={"negative": 0.1, "positive": 0.9},
@@ -209,6 +230,9 @@ class Prediction(BaseModel):
     prompt_hash: str | None = None
     cached: bool = False
     raw_output: str | None = None
+    calibrated: bool = False
+    raw_scores: dict[str, float] | None = None
+    threshold: float | None = None
 
     @property
     def label(self) -> str | None:

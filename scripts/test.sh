@@ -5,13 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# the HTML report is checked in a real headless browser (Debian chromium)
-if ! command -v chromium >/dev/null 2>&1; then
+# the HTML report and the review page are checked in a real headless browser (Debian chromium;
+# the review page through Selenium and Debian's chromium-driver)
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
   if [ "$(id -u)" = 0 ]; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-      || echo "warning: could not install chromium; the browser test will be skipped" >&2
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+      || echo "warning: could not install chromium/chromium-driver; the browser tests will be skipped" >&2
   else
-    echo "warning: chromium is not installed; the browser test will be skipped" >&2
+    echo "warning: chromium or chromedriver is not installed; the browser tests will be skipped" >&2
+  fi
+fi
+# the store suite also runs against a real PostgreSQL server (Debian postgresql), started by
+# the tests in a temporary directory as an unprivileged user
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ]; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null) \
+      || echo "warning: could not install postgresql; the PostgreSQL store tests will be skipped" >&2
+  else
+    echo "warning: postgresql is not installed; the PostgreSQL store tests will be skipped" >&2
   fi
 fi
 .venv/bin/ruff check llmclf tests benchmarks scripts

@@ -9,13 +9,15 @@ Real provider calls are impossible here: every LLM test points llmclf at `FakePr
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from llmclf.store import Store
+from llmclf.store import Store, close_stores
 from llmclf.testing.fake_provider import FakeProvider
+from llmclf.testing.postgres import TempPostgres, postgres_bin_dir
 from llmclf.types import Task
 from tests.helpers import REPO
 
@@ -32,6 +34,8 @@ def llmclf_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     """Every test gets its own state directory (cache, runs, review queue)."""
     home = tmp_path_factory.mktemp("llmclf-home")
     monkeypatch.setenv("LLMCLF_HOME", str(home))
+    # the store is $LLMCLF_HOME/llmclf.db unless a test names one (`--db` sets this variable)
+    monkeypatch.setenv("LLMCLF_DATABASE_URL", "")
     return home
 
 
@@ -104,3 +108,34 @@ def llm() -> Iterator[FakeProvider]:
 def store(tmp_path: Path) -> Store:
     """A fresh SQLite store in the test's directory."""
     return Store(tmp_path / "store.db")
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TempPostgres]:
+    """A real PostgreSQL server (Debian's binaries) in a temporary directory, once per session."""
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql (scripts/test.sh "
+                    "installs it when run as root)")
+    try:
+        import psycopg  # noqa: F401
+        import psycopg_pool  # noqa: F401
+    except ImportError:
+        pytest.skip("psycopg 3 is not installed: pip install 'llmclf[postgres]'")
+    with TempPostgres() as pg:
+        yield pg
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(
+    request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh store URL, SQLite file or PostgreSQL database, made the default store
+    (``$LLMCLF_DATABASE_URL``) of the test."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        pg: TempPostgres = request.getfixturevalue("postgres")
+        url = pg.create_database("t_" + uuid.uuid4().hex[:12])
+    monkeypatch.setenv("LLMCLF_DATABASE_URL", url)
+    yield url
+    close_stores()

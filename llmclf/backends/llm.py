@@ -22,6 +22,7 @@ import random
 import re
 import threading
 import time
+import warnings
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -31,6 +32,8 @@ from typing import Any, ClassVar, Literal, get_type_hints
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
 from llmclf.backends.base import Backend, Capabilities, Hints
+from llmclf.calibration import Calibration, CalibrationWarning, find_calibration, load_calibration
+from llmclf.decision import decide
 from llmclf.errors import (
     AuthError,
     BackendError,
@@ -45,6 +48,7 @@ from llmclf.errors import (
 from llmclf.hooks import Event
 from llmclf.prompts import PromptTemplate
 from llmclf.redaction import SECRET_OPTION, redact
+from llmclf.shortlist import Shortlist, Shortlister
 from llmclf.store import Store, open_store
 from llmclf.types import ABSTAIN, Example, Prediction, Task, Usage
 
@@ -63,7 +67,13 @@ ResponseFormat = Literal["json_schema", "json_object_schema", "none"]
 
 @dataclass(frozen=True)
 class LLMConfig:
-    """How to reach and ask the model. ``api_key`` is never logged, cached or stored."""
+    """How to reach and ask the model. ``api_key`` is never logged, cached or stored.
+
+    ``shortlist``: a student backend spec (``setfit:DIR``) whose top ``shortlist_k`` labels are
+    the only labels in the prompt, the output schema and the dynamic examples (see
+    `llmclf.shortlist`); ``shortlist_other``: add an escape candidate, answered with the
+    student's top label.
+    """
 
     model: str
     api_base: str | None = None
@@ -85,6 +95,12 @@ class LLMConfig:
     cache: bool = True
     few_shot_pool: str | None = None
     shots: int = 4
+    shortlist: str | None = None
+    shortlist_k: int = 5
+    shortlist_other: bool = False
+    #: ``auto`` (apply the calibrator stored for this backend, prompt and task, if any),
+    #: ``off``, or the path of a calibration JSON file (`llmclf.calibration`).
+    calibration: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -295,6 +311,22 @@ def parse_fault_kind(exc: BaseException) -> str:
 
 
 @dataclass
+class _Choice:
+    logprobs: Any
+
+
+@dataclass
+class _Completion:
+    """The part of a chat completion `LLMBackend._logprob_scores` reads, from a JSON body."""
+
+    choices: list[_Choice]
+
+
+class _Captured(Exception):
+    """Raised by `LLMBackend._completion` after capturing a request instead of sending it."""
+
+
+@dataclass
 class _CallLog:
     """What one classification spent across its provider calls, retries and re-asks."""
 
@@ -319,12 +351,18 @@ class LLMBackend(Backend):
         store: Store | None = None,
         base_url_provider: Callable[[], str] | None = None,
         on_connection_failure: Callable[[], bool] | None = None,
+        shortlister: Shortlister | None = None,
     ) -> None:
         self.task = task
         self.config = config
         self.name = name or f"llm:{config.model}"
         self.template = PromptTemplate.load(config.prompt or task.prompt)
         self.answer_model = answer_model(task)
+        #: Where the candidate labels come from (None: every label, every time).
+        self.shortlister = shortlister
+        self._answer_models: dict[tuple[str, ...], type[BaseModel]] = {
+            task.label_names: self.answer_model
+        }
         self._store = store
         self._base_url_provider = base_url_provider
         self._on_connection_failure = on_connection_failure
@@ -334,6 +372,25 @@ class LLMBackend(Backend):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._key_checked = base_url_provider is not None  # the embedded server needs no key
+        self.calibration = self._load_calibration()
+
+    def _load_calibration(self) -> Calibration | None:
+        """The calibrator this backend applies (``config.calibration``), or None."""
+        choice = self.config.calibration
+        if choice == "off":
+            return None
+        if choice == "auto":
+            return find_calibration(self.name, self.template.id, self.task)
+        cal = load_calibration(choice)
+        why = cal.mismatch(self.name, self.template.id, self.task)
+        if why is not None:
+            warnings.warn(
+                f"calibrator {choice} is not applied: {why}; answering uncalibrated",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+            return None
+        return cal
 
     # -- plumbing -------------------------------------------------------------------------------
     @property
@@ -344,6 +401,39 @@ class LLMBackend(Backend):
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.shortlister is not None:
+            self.shortlister.close()
+
+    def children(self) -> Sequence[Backend]:
+        """The shortlist's student, when there is one."""
+        return () if self.shortlister is None else (self.shortlister.student,)
+
+    def with_shortlist(self, shortlister: Shortlister) -> LLMBackend:
+        """A copy of this backend (same config, store and server) that asks among the
+        candidates ``shortlister`` gives (a router's ``shortlist`` stage uses it).
+
+        Example:
+            >>> llm.with_shortlist(Shortlister(student, task, k=5))         # doctest: +SKIP
+        """
+        return LLMBackend(
+            self.task,
+            self.config,
+            name=self.name,
+            store=self._store,
+            base_url_provider=self._base_url_provider,
+            on_connection_failure=self._on_connection_failure,
+            shortlister=shortlister,
+        )
+
+    def _answer_model_for(self, task: Task) -> type[BaseModel]:
+        key = task.label_names
+        with self._selector_lock:
+            model = self._answer_models.get(key)
+            if model is None:
+                if len(self._answer_models) > 4096:
+                    self._answer_models = {self.task.label_names: self.answer_model}
+                model = self._answer_models[key] = answer_model(task)
+        return model
 
     def warm_up(self) -> None:
         """Import litellm and instructor now (seconds), not on the first request."""
@@ -367,22 +457,29 @@ class LLMBackend(Backend):
     def _parse_fault(self, error: Exception, **_: Any) -> None:
         self.hooks.emit(Event.PROVIDER_FAULT, parse_fault_kind(error))
 
-    def _examples_for(self, text: str) -> list[Example]:
+    def _examples_for(self, text: str, task: Task | None = None) -> list[Example]:
+        """Static examples, then the pool's nearest ones, all from ``task``'s labels (a
+        shortlist's task: only examples of the candidates)."""
         if not self.template.spec.few_shot:
             return []
-        shots = list(self.task.examples)
+        task = task or self.task
+        shots = list(task.examples)
         if self.config.few_shot_pool:
             with self._selector_lock:
                 if self._selector is None:
                     from llmclf.fewshot import ExampleSelector
 
                     self._selector = ExampleSelector.from_file(self.config.few_shot_pool, self.task)
-            shots += self._selector.select(text, self.config.shots)
+            only = None if task is self.task else task.label_names
+            shots += self._selector.select(text, self.config.shots, labels=only)
         return shots
 
-    def _params(self, temperature: float, seed: int | None) -> dict[str, Any]:
+    def _params(
+        self, temperature: float, seed: int | None, task: Task | None = None
+    ) -> dict[str, Any]:
+        task = task or self.task
         max_tokens = self.config.max_tokens or (
-            16 + 12 * len(self.task.labels) if self.task.is_multilabel else 48
+            16 + 12 * len(task.labels) if task.is_multilabel else 48
         )
         params: dict[str, Any] = {"temperature": temperature, "max_tokens": min(max_tokens, 512)}
         if seed is not None:
@@ -393,13 +490,19 @@ class LLMBackend(Backend):
         params.update(self.config.extra)
         return params
 
-    def cache_key(self, messages: list[dict[str, str]], params: dict[str, Any]) -> str:
+    def cache_key(
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        answer: type[BaseModel] | None = None,
+    ) -> str:
+        """The response cache's key: model, server, messages, answer schema, parameters."""
         blob = json.dumps(
             {
                 "model": self.config.model,
                 "api_base": None if self._base_url_provider else self.config.api_base,
                 "messages": messages,
-                "schema": self.answer_model.model_json_schema(),
+                "schema": (answer or self.answer_model).model_json_schema(),
                 "params": params,
                 "format": self.config.response_format,
             },
@@ -409,7 +512,12 @@ class LLMBackend(Backend):
 
     # -- the provider call (instructor calls this; retries provider faults with backoff) --------
     def _completion(
-        self, *args: Any, _log: _CallLog | None = None, _prompt_len: int = 0, **kwargs: Any
+        self,
+        *args: Any,
+        _log: _CallLog | None = None,
+        _prompt_len: int = 0,
+        _capture: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
     ) -> Any:
         import litellm
 
@@ -431,6 +539,9 @@ class LLMBackend(Backend):
             kwargs["extra_body"] = extra_body
         elif rf and self.config.response_format == "json_schema":
             kwargs["response_format"] = rf
+        if _capture is not None:  # `request_body`: what would be sent, not sent
+            _capture.append(kwargs)
+            raise _Captured
         attempt = 0
         while True:
             api_base = (
@@ -543,7 +654,11 @@ class LLMBackend(Backend):
         )
 
     def _ask(
-        self, messages: list[dict[str, str]], params: dict[str, Any], call_log: _CallLog
+        self,
+        messages: list[dict[str, str]],
+        params: dict[str, Any],
+        call_log: _CallLog,
+        schema: type[BaseModel] | None = None,
     ) -> tuple[BaseModel, Any]:
         """One validated answer (re-asked with the validation error up to ``max_reasks``)."""
         from instructor.core.exceptions import InstructorRetryException
@@ -554,7 +669,7 @@ class LLMBackend(Backend):
             answer, completion = client.create_with_completion(
                 model=self.config.model,
                 messages=messages,
-                response_model=self.answer_model,
+                response_model=schema or self.answer_model,
                 max_retries=self.config.max_reasks,
                 _log=call_log,
                 _prompt_len=len(messages),
@@ -587,10 +702,11 @@ class LLMBackend(Backend):
         return answer, completion
 
     # -- scoring --------------------------------------------------------------------------------
-    def _choices(self) -> list[str]:
-        return list(self.task.label_names) + ([ABSTAIN] if self.task.allow_abstain else [])
+    def _choices(self, task: Task | None = None) -> list[str]:
+        task = task or self.task
+        return list(task.label_names) + ([ABSTAIN] if task.allow_abstain else [])
 
-    def _logprob_scores(self, completion: Any) -> dict[str, float] | None:
+    def _logprob_scores(self, completion: Any, task: Task | None = None) -> dict[str, float] | None:
         from llmclf.logprob_scores import label_scores_from_tokens
 
         lp = getattr(completion.choices[0], "logprobs", None)
@@ -611,32 +727,49 @@ class LLMBackend(Backend):
                 for t in tops
             ]
             tokens.append((str(get("token")), alts))
-        return label_scores_from_tokens(tokens, self._choices(), multilabel=self.task.is_multilabel)
+        task = task or self.task
+        return label_scores_from_tokens(tokens, self._choices(task), multilabel=task.is_multilabel)
 
-    def _answer_labels(self, answer: BaseModel) -> list[str]:
-        if self.task.is_multilabel:
+    def _answer_labels(self, answer: BaseModel, task: Task | None = None) -> list[str]:
+        if (task or self.task).is_multilabel:
             return list(dict.fromkeys(answer.labels))  # type: ignore[attr-defined]
         return [answer.label]  # type: ignore[attr-defined]
 
     # -- public ---------------------------------------------------------------------------------
     def classify(self, text: str) -> Prediction:
-        """Classify one (already validated) text."""
-        start = time.perf_counter()
-        messages = self.template.render(self.task, text, self._examples_for(text))
-        params = self._params(self.config.temperature, None)
-        key = self.cache_key(messages, params)
+        """Classify one (already validated) text (among its shortlist, when there is one)."""
+        if self.shortlister is not None:
+            start = time.perf_counter()
+            return self._classify_among(text, self.shortlister.shortlists([text])[0], start)
+        return self._classify(text, self.task)
+
+    def _classify_among(self, text: str, shortlist: Shortlist, start: float) -> Prediction:
+        """Ask among ``shortlist``'s labels; the answer covers every label of the task."""
+        assert self.shortlister is not None
+        sub = self.shortlister.restrict(shortlist)
+        answer = self._classify(text, sub, start)
+        merged = self.shortlister.merge(shortlist, answer)
+        return merged.model_copy(update={"latency_ms": (time.perf_counter() - start) * 1000})
+
+    def _classify(self, text: str, task: Task, start: float | None = None) -> Prediction:
+        """Ask the model with ``task``'s labels (the backend's task, or a shortlist's)."""
+        start = time.perf_counter() if start is None else start
+        answer_schema = self._answer_model_for(task)
+        messages = self.template.render(task, text, self._examples_for(text, task))
+        params = self._params(self.config.temperature, None, task)
+        key = self.cache_key(messages, params, answer_schema)
         if self.config.cache:
             hit = self.store.cache_get(key)
             if hit is not None:
-                return self._prediction(hit, start, cached=True)
+                return self._prediction(hit, start, cached=True, task=task)
         call_log = _CallLog()
-        answer, completion = self._ask(messages, params, call_log)
-        chosen = self._answer_labels(answer)
-        scores = self._logprob_scores(completion) if "logprobs" in params else None
+        answer, completion = self._ask(messages, params, call_log, answer_schema)
+        chosen = self._answer_labels(answer, task)
+        scores = self._logprob_scores(completion, task) if "logprobs" in params else None
         source = "logprobs"
         if scores is None:
             source = "votes"
-            scores = self._vote_scores(messages, chosen, call_log)
+            scores = self._vote_scores(messages, chosen, call_log, task)
         record = {
             "answer": chosen,
             "scores": scores,
@@ -646,26 +779,166 @@ class LLMBackend(Backend):
         }
         if self.config.cache:
             self.store.cache_put(key, self.config.model, record)
+        return self._prediction(record, start, cached=False, task=task)
+
+    # -- offline requests (provider Batch APIs) -------------------------------------------------
+    def request_body(self, text: str) -> tuple[str, dict[str, Any]]:
+        """``(cache key, request body)`` of the call `classify` would make for ``text``, built
+        by the same code path but not sent: the rendered prompt, the label schema, logprob,
+        temperature and token settings, as the provider's HTTP body (for a Batch API file).
+
+        Example:
+            >>> key, body = backend.request_body("I loved it")          # doctest: +SKIP
+            >>> sorted(body)
+            ['logprobs', 'max_tokens', 'messages', 'model', 'response_format', 'temperature', ...]
+        """
+        import litellm
+
+        messages = self.template.render(self.task, text, self._examples_for(text))
+        params = self._params(self.config.temperature, None)
+        key = self.cache_key(messages, params)
+        captured: list[dict[str, Any]] = []
+        try:
+            self._instructor().create_with_completion(
+                model=self.config.model,
+                messages=messages,
+                response_model=self.answer_model,
+                max_retries=1,
+                _capture=captured,
+                _prompt_len=len(messages),
+                **params,
+            )
+        except Exception:
+            if not captured:
+                raise
+        kwargs = dict(captured[0])
+        try:
+            wire_model = litellm.get_llm_provider(model=self.config.model)[0]
+        except Exception:
+            wire_model = self.config.model.split("/", 1)[-1]
+        body: dict[str, Any] = {}
+        extra_body = kwargs.pop("extra_body", None) or {}
+        for k, v in kwargs.items():
+            if k not in {"model", "stream"}:
+                body[k] = v
+        body.update(extra_body)  # what litellm merges into the HTTP body
+        body["model"] = wire_model
+        return key, body
+
+    def prediction_from_response(self, text: str, response: Mapping[str, Any]) -> Prediction:
+        """Validate a provider's answer to `request_body` (e.g. a Batch API result line's
+        ``response.body``) exactly like an online answer, cache it under the same key, and
+        return its `Prediction`. Usage is costed at the provider's batch price.
+
+        Raises `OutputValidationError` (with the raw output) for an answer outside the label
+        schema, and `ProviderServerError` for an answer with no content.
+        """
+        start = time.perf_counter()
+        messages = self.template.render(self.task, text, self._examples_for(text))
+        params = self._params(self.config.temperature, None)
+        key = self.cache_key(messages, params)
+        choices = response.get("choices") or []
+        if not choices or not isinstance(choices[0], Mapping):
+            raise ProviderServerError(
+                "provider returned no choices", backend=self.name, status_code=200
+            )
+        content = (choices[0].get("message") or {}).get("content")
+        if not isinstance(content, str):
+            raise ProviderServerError(
+                "provider returned an empty message", backend=self.name, status_code=200
+            )
+        try:
+            answer = self.answer_model.model_validate_json(content)
+        except ValidationError as exc:
+            reason = "; ".join(e["msg"] for e in exc.errors(include_url=False)[:2])
+            raise OutputValidationError(
+                f"output did not match the label schema ({reason})",
+                raw_output=redact(content, [self.config.api_key]),
+                backend=self.name,
+            ) from None
+        chosen = self._answer_labels(answer)
+        scores = None
+        if "logprobs" in params:
+            lp = choices[0].get("logprobs")
+            scores = self._logprob_scores(_Completion([_Choice(lp)]))
+        source = "logprobs"
+        if scores is None:  # one answer, no logprobs: a single vote
+            source = "votes"
+            scores = {c: float(c in chosen) for c in self._choices()}
+        u = response.get("usage") or {}
+        prompt_tokens = int(u.get("prompt_tokens") or 0)
+        completion_tokens = int(u.get("completion_tokens") or 0)
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            llm_calls=1,
+            cost_usd=self.batch_cost(prompt_tokens, completion_tokens),
+        )
+        record = {
+            "answer": chosen,
+            "scores": scores,
+            "source": source,
+            "raw": content,
+            "usage": usage.model_dump(),
+        }
+        if self.config.cache:
+            self.store.cache_put(key, self.config.model, record)
         return self._prediction(record, start, cached=False)
 
+    def batch_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD for tokens answered through the provider's Batch API: litellm's batch prices
+        (``*_cost_per_token_batches``), else half the online price (what OpenAI-compatible
+        providers charge for batches), else None when the model has no known price.
+
+        Example:
+            >>> b.batch_cost(1_000_000, 0)  # gpt-4o-mini: $0.15/M online  # doctest: +SKIP
+            0.075
+        """
+        if self._base_url_provider is not None:
+            return 0.0  # the embedded model is free
+        try:
+            import litellm
+
+            info: Mapping[str, Any] = litellm.get_model_info(model=self.config.model)
+        except Exception:
+            return None
+        inp = info.get("input_cost_per_token_batches")
+        out = info.get("output_cost_per_token_batches")
+        if inp is None or out is None:
+            on_in, on_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+            if on_in is None or on_out is None:
+                return None
+            inp, out = float(on_in) / 2, float(on_out) / 2
+        return float(inp) * prompt_tokens + float(out) * completion_tokens
+
     def _vote_scores(
-        self, messages: list[dict[str, str]], first: list[str], call_log: _CallLog
+        self,
+        messages: list[dict[str, str]],
+        first: list[str],
+        call_log: _CallLog,
+        task: Task | None = None,
     ) -> dict[str, float]:
+        task = task or self.task
+        answer_schema = self._answer_model_for(task)
         votes: Counter[str] = Counter(first)
         n = max(1, self.config.votes)
         for i in range(1, n):
-            params = self._params(self.config.vote_temperature, seed=i)
+            params = self._params(self.config.vote_temperature, seed=i, task=task)
             params.pop("logprobs", None)
             params.pop("top_logprobs", None)
             try:
-                answer, _ = self._ask(messages, params, call_log)
+                answer, _ = self._ask(messages, params, call_log, answer_schema)
             except OutputValidationError:
                 continue
-            votes.update(self._answer_labels(answer))
-        return {c: votes.get(c, 0) / n for c in self._choices()}
+            votes.update(self._answer_labels(answer, task))
+        return {c: votes.get(c, 0) / n for c in self._choices(task)}
 
-    def _prediction(self, record: dict[str, Any], start: float, *, cached: bool) -> Prediction:
-        task = self.task
+    def _prediction(
+        self, record: dict[str, Any], start: float, *, cached: bool, task: Task | None = None
+    ) -> Prediction:
+        """The answer from a (cached) record of raw scores: scores renormalised over the labels
+        (single-label), calibrated when a calibrator fits, and labels that follow them."""
+        task = task or self.task
         raw_scores: dict[str, float] = dict(record["scores"])
         abstain_score = raw_scores.pop(ABSTAIN, None) if task.allow_abstain else None
         answer: list[str] = list(record["answer"])
@@ -676,28 +949,30 @@ class LLMBackend(Backend):
                 scores = {k: v / total for k, v in scores.items()}
             elif answer and answer[0] in scores:
                 scores[answer[0]] = 1.0
-        labels: tuple[str, ...]
-        if task.is_multilabel or record["source"] != "logprobs":
-            abstained = ABSTAIN in answer
-            labels = () if abstained else tuple(a for a in answer if a != ABSTAIN)
-        else:
-            # single-label with logprobs: the label is the one the scores favour, so the label,
-            # its confidence and any threshold agree (greedy decoding can disagree at the margin)
-            top = max(scores, key=lambda k: scores[k])
-            abstained = abstain_score is not None and abstain_score > raw_scores.get(top, 0.0)
-            if abstained:
-                labels = ()
-            elif task.kind == "binary":
-                assert task.positive_label is not None and task.negative_label is not None
-                pos = scores[task.positive_label] >= task.threshold
-                labels = (task.positive_label if pos else task.negative_label,)
-            else:
-                labels = (top,)
+        elif not any(scores.values()) and answer:
+            # no usable scores: the answer's own labels are all we know
+            scores = {k: float(k in answer) for k in scores}
+        source: str = record["source"]
+        threshold = None
+        uncalibrated: dict[str, float] | None = None
+        cal = self.calibration
+        # a calibrator was fitted on the full label set; a shortlist's sub-task is left raw
+        full_task = list(task.label_names) == list(self.task.label_names)
+        if cal is not None and cal.score_source == source and full_task:
+            uncalibrated = scores
+            scores = cal.apply(scores)
+            source = f"{source}+{cal.method}"
+            threshold = cal.threshold
+        # the label follows the scores, so the label, its confidence and any threshold agree
+        # (greedy decoding, and a vote's first answer, can disagree at the margin)
+        top_raw = max(float(raw_scores.get(k, 0.0)) for k in task.label_names)
+        abstained = abstain_score is not None and abstain_score > top_raw
+        decision = decide(task, scores, threshold=threshold)
         usage = Usage() if cached else Usage.model_validate(record["usage"])
         return Prediction(
-            labels=labels,
+            labels=() if abstained else decision.labels,
             scores={k: round(v, 6) for k, v in scores.items()},
-            score_source=record["source"],
+            score_source=source,
             backend=self.name,
             abstained=abstained,
             abstain_score=None if abstain_score is None else round(float(abstain_score), 6),
@@ -707,18 +982,73 @@ class LLMBackend(Backend):
             prompt_hash=self.template.id,
             cached=cached,
             raw_output=record.get("raw"),
+            calibrated=uncalibrated is not None,
+            raw_scores=None
+            if uncalibrated is None
+            else {k: round(v, 6) for k, v in uncalibrated.items()},
+            threshold=None if abstained else decision.threshold,
         )
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
+        if self.shortlister is not None:
+            # one student batch for the candidates, then one LLM call per text among them
+            t0 = time.perf_counter()
+            lists = self.shortlister.shortlists(texts)
+            student_s = time.perf_counter() - t0  # each answer's latency includes the student's
+
+            def among(text: str, shortlist: Shortlist) -> Prediction:
+                return self._classify_among(text, shortlist, time.perf_counter() - student_s)
+
+            if len(texts) == 1:
+                return [among(texts[0], lists[0])]
+            return list(self._pool.map(among, texts, lists))
         if len(texts) == 1:
             return [self.classify(texts[0])]
         return list(self._pool.map(self.classify, texts))
 
 
+#: Builds the shortlist's student from its spec: ``make_student(spec, task)``.
+MakeStudent = Callable[[str, Task], Backend]
+
+
+def _shortlister(
+    config: LLMConfig, task: Task, make_student: MakeStudent | None
+) -> Shortlister | None:
+    """The `Shortlister` the ``shortlist*`` options ask for (None without ``shortlist``)."""
+    if config.shortlist is None:
+        return None
+    if config.shortlist_k < 2:
+        raise ConfigError(
+            f"LLM option shortlist_k={config.shortlist_k}: at least 2 (the LLM needs a choice)"
+        )
+    if make_student is None:
+        raise ConfigError("LLM option shortlist= needs a way to build its student backend")
+    if config.shortlist.startswith("llm:"):
+        raise ConfigError(
+            f"LLM option shortlist={config.shortlist!r}: name a student (setfit:DIR), not an LLM"
+        )
+    student = make_student(config.shortlist, task)
+    try:
+        return Shortlister(
+            student, task, k=config.shortlist_k, other=config.shortlist_other, owned=True
+        )
+    except BaseException:
+        student.close()
+        raise
+
+
 def make_llm_backend(
-    model: str, task: Task, options: dict[str, Any], *, store: Store | None = None
+    model: str,
+    task: Task,
+    options: dict[str, Any],
+    *,
+    store: Store | None = None,
+    make_student: MakeStudent | None = None,
 ) -> LLMBackend:
-    """Build an LLM backend from a spec's model part and options."""
+    """Build an LLM backend from a spec's model part and options.
+
+    ``make_student`` builds the student of a ``shortlist=SPEC`` option (the registry passes
+    its own ``make_backend``: backends never import each other)."""
     if model == "local":
         from llmclf.backends.local_server import MODEL_ALIAS, LocalServer
 
@@ -734,6 +1064,7 @@ def make_llm_backend(
             store=store,
             base_url_provider=server.ensure_running,
             on_connection_failure=server.mark_failed,
+            shortlister=_shortlister(config, task, make_student),
         )
     config = LLMConfig.from_options(model, options)
     if config.api_key is None:
@@ -745,4 +1076,7 @@ def make_llm_backend(
         ):
             # a self-hosted OpenAI-compatible server usually wants no key, but the SDK wants one
             config = replace(config, api_key=NO_KEY)
-    return LLMBackend(task, config, name=f"llm:{model}", store=store)
+    return LLMBackend(
+        task, config, name=f"llm:{model}", store=store,
+        shortlister=_shortlister(config, task, make_student),
+    )  # fmt: skip

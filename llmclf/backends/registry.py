@@ -56,7 +56,12 @@ def _need_task(kind: str, target: str, task: Task | None) -> Task:
 def _llm(target: str, task: Task | None, store: Store | None, options: dict[str, Any]) -> Backend:
     from llmclf.backends.llm import make_llm_backend
 
-    return make_llm_backend(target, _need_task("llm", target, task), options, store=store)
+    def make_student(spec: str, student_task: Task) -> Backend:
+        return make_backend(spec, student_task, store=store)
+
+    return make_llm_backend(
+        target, _need_task("llm", target, task), options, store=store, make_student=make_student
+    )
 
 
 def _setfit(

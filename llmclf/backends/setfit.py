@@ -12,6 +12,7 @@ DIR/
   model.int8.onnx        the same, int8 dynamically quantized (optional)
   int8_fp32_nodes.json   MatMuls left in fp32 in the int8 model to stay within its parity bound
   router.json            {"escalation_threshold": 0.83, ...} calibrated on an eval set
+  calibration.json       the student's calibrator (`llmclf.calibration`), applied on load
   card.json, README.md   the model card (teacher, prompt hash, data hash, counts, metrics)
   task.json              the task the student was trained for
 ```
@@ -34,6 +35,7 @@ import json
 import os
 import threading
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +44,8 @@ from typing import Any, ClassVar, Literal
 import numpy as np
 
 from llmclf.backends.base import Backend, Capabilities, Hints
+from llmclf.calibration import STUDENT_FILE, Calibration, CalibrationWarning, load_calibration
+from llmclf.decision import decide
 from llmclf.errors import ModelLoadError
 from llmclf.types import Prediction, Task
 
@@ -281,6 +285,7 @@ class SetFitBackend(Backend):
         runtime: Runtime = "auto",
         threads: int | None = None,
         name: str | None = None,
+        calibration: str = "auto",
     ) -> None:
         self.model_dir = Path(model_dir)
         self.name = name or f"setfit:{model_dir}"
@@ -311,13 +316,60 @@ class SetFitBackend(Backend):
         router_file = self.model_dir / "router.json"
         self.router_config: dict[str, Any] = _read_json(router_file) if router_file.exists() else {}
         esc = self.router_config.get("escalation_threshold")
-        self.escalation_threshold: float | None = float(esc) if esc is not None else None
+        self.escalation_threshold: float | dict[str, float] | None = (
+            float(esc) if esc is not None else None
+        )
         card_file = self.model_dir / "card.json"
         self.card: dict[str, Any] = _read_json(card_file) if card_file.exists() else {}
         body_dir = self.model_dir / "body"
         self.runtime, self._encoder = self._open_encoder(runtime, body_dir, threads)
         # the task's label order, as indices into the head's rows
         self._order = [self.labels.index(n) for n in self.task.label_names]
+        self.calibration = self._load_calibration(calibration)
+        if (
+            self.calibration is not None
+            and isinstance(self.escalation_threshold, float)
+            and self.router_config.get("scores") != "calibrated"
+        ):
+            self.escalation_threshold = self._calibrated_threshold(self.escalation_threshold)
+
+    def _calibrated_threshold(self, raw: float) -> dict[str, float]:
+        """``router.json``'s threshold was chosen on raw scores: the same cut, per label, on
+        the calibrated scores the backend now answers with (a raw top score of ``raw`` for a
+        label, the rest shared by the other labels)."""
+        assert self.calibration is not None
+        names = self.task.label_names
+        n = len(names)
+        out: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if self.task.is_multilabel:
+                row = np.full((1, n), 0.5)
+                row[0, i] = raw
+            else:
+                row = np.full((1, n), (1.0 - raw) / (n - 1))
+                row[0, i] = raw
+            out[name] = round(float(self.calibration.apply_matrix(row)[0, i]), 6)
+        return out
+
+    def _load_calibration(self, choice: str) -> Calibration | None:
+        """``auto``: the model directory's ``calibration.json`` when present; ``off``; or a path."""
+        if choice == "off":
+            return None
+        path = self.model_dir / STUDENT_FILE if choice == "auto" else Path(choice)
+        if choice == "auto" and not path.exists():
+            return None
+        cal = load_calibration(path)
+        # a student has no prompt; the labels must be the task's
+        why = cal.mismatch(None, cal.prompt_id, self.task, check_task=False)
+        if why is not None or cal.score_source != "model":
+            warnings.warn(
+                f"calibrator {path} is not applied: {why or 'it is not for model scores'}; "
+                "answering uncalibrated",
+                CalibrationWarning,
+                stacklevel=3,
+            )
+            return None
+        return cal
 
     @classmethod
     def load(cls, model_dir: str | Path, task: Task | None = None, **options: Any) -> SetFitBackend:
@@ -326,7 +378,7 @@ class SetFitBackend(Backend):
         Example:
             >>> SetFitBackend.load("models/sst2", runtime="torch")          # doctest: +SKIP
         """
-        known = {"runtime", "threads", "name"}
+        known = {"runtime", "threads", "name", "calibration"}
         unknown = set(options) - known
         if unknown:
             raise ModelLoadError(
@@ -342,6 +394,7 @@ class SetFitBackend(Backend):
             runtime=runtime,  # type: ignore[arg-type]
             threads=int(threads) if threads not in (None, "") else None,
             name=options.get("name"),
+            calibration=str(options.get("calibration", "auto")),
         )
 
     def _resolve_task(self, task: Task | None) -> Task:
@@ -408,33 +461,60 @@ class SetFitBackend(Backend):
         """The student's decision threshold (from ``head.json``; see `Head`)."""
         return self.head.threshold
 
-    def _decide(self, scores: dict[str, float]) -> tuple[str, ...]:
-        task = self.task
-        if task.is_multilabel:
-            return tuple(n for n in task.label_names if scores[n] >= self.threshold)
-        if task.kind == "binary":
-            assert task.positive_label is not None and task.negative_label is not None
-            pos = scores[task.positive_label] >= self.threshold
-            return (task.positive_label if pos else task.negative_label,)
-        return (max(scores, key=lambda k: scores[k]),)
+    def _decision_threshold(self, calibrated: bool) -> float:
+        if calibrated and self.calibration is not None:
+            return self.calibration.threshold
+        return self.threshold
+
+    def _shown_threshold(self, calibrated: bool) -> float | None:
+        t = self._decision_threshold(calibrated)
+        return None if self.task.kind == "multiclass" or t == 0.5 else t
+
+    def _decide(self, scores: dict[str, float], calibrated: bool) -> tuple[str, ...]:
+        return decide(self.task, scores, threshold=self._decision_threshold(calibrated)).labels
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
+        return self.predict_and_embed(texts)[0]
+
+    def predict_and_embed(self, texts: Sequence[str]) -> tuple[list[Prediction], np.ndarray]:
+        """The predictions for ``texts`` and the body's embeddings they came from (one pass;
+        ``llmclf review suggest`` needs both).
+
+        Example:
+            >>> preds, emb = SetFitBackend.load("models/sst2").predict_and_embed(["fine"])
+            ... # doctest: +SKIP
+        """
         start = time.perf_counter()
-        matrix = self.score_matrix(texts)
+        if texts:
+            emb = self.embed(texts)
+            matrix = self.head.scores(emb)[:, self._order]
+        else:
+            emb = np.zeros((0, 0))
+            matrix = np.zeros((0, len(self.labels)))
         # every text of a batch waited for the whole batch
         elapsed_ms = (time.perf_counter() - start) * 1000
         out = []
         names = self.task.label_names
-        for row in matrix:
-            scores = {n: round(float(v), 6) for n, v in zip(names, row, strict=True)}
+        cal = self.calibration
+        calibrated = cal.apply_matrix(matrix) if cal is not None else None
+        source = "model" if cal is None else f"model+{cal.method}"
+        for i, row in enumerate(matrix):
+            raw = {n: round(float(v), 6) for n, v in zip(names, row, strict=True)}
+            scores = raw
+            if calibrated is not None:
+                scores = {n: round(float(v), 6) for n, v in zip(names, calibrated[i], strict=True)}
+            labels = self._decide(scores, calibrated is not None)
             out.append(
                 Prediction(
-                    labels=self._decide(scores),
+                    labels=labels,
                     scores=scores,
-                    score_source="model",
+                    score_source=source,
                     backend=self.name,
                     route=(self.name,),
                     latency_ms=elapsed_ms,
+                    calibrated=calibrated is not None,
+                    raw_scores=raw if calibrated is not None else None,
+                    threshold=self._shown_threshold(calibrated is not None),
                 )
             )
-        return out
+        return out, emb

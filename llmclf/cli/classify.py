@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from llmclf.classifier import Classifier
-from llmclf.cli.common import print_json_line, resolve_task
+from llmclf.cli.common import DbOpt, print_json_line, resolve_task, use_db
 from llmclf.unlabeled import TextItem, iter_texts
 
 
@@ -31,11 +31,13 @@ def classify(
     ] = None,
     text_field: Annotated[str, typer.Option(help="Field/column holding the text.")] = "text",
     batch_size: Annotated[int, typer.Option(help="Texts sent to the backend at a time.")] = 32,
+    db: DbOpt = None,
 ) -> None:
     """Classify texts; prints one JSON line per input, in input order.
 
     With no TEXTS and no --input, texts are read from stdin (one per line, or JSONL).
     """
+    use_db(db)
     t = resolve_task(task)
     options: dict[str, Any] = {"prompt": prompt} if prompt else {}
     items: Iterable[TextItem]

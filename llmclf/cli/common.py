@@ -1,11 +1,18 @@
-"""Helpers shared by CLI commands: loading a task by path or eval-set name, printing JSON."""
+"""Helpers shared by CLI commands: loading a task by path or eval-set name, printing JSON, the
+store option ``--db``."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
-from typing import Any
+from pathlib import Path
+from typing import Annotated, Any
 
+import typer
+
+from llmclf.storage.url import ENV_VAR
+from llmclf.store import open_store
 from llmclf.task_refs import load_task
 from llmclf.types import Task
 
@@ -18,3 +25,26 @@ def resolve_task(ref: str) -> Task:
 def print_json_line(obj: Any) -> None:
     sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
     sys.stdout.flush()
+
+
+#: ``--db``: the store of a command (what ``$LLMCLF_DATABASE_URL`` also sets).
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar=ENV_VAR,
+        show_envvar=False,
+        help="Store URL: sqlite:///PATH (default $LLMCLF_HOME/llmclf.db) or "
+        "postgresql://USER:PASSWORD@HOST:PORT/DB; default $LLMCLF_DATABASE_URL.",
+    ),
+]
+
+
+def use_db(db: str | Path | None) -> None:
+    """Make ``db`` (a store URL or SQLite path) the store of this command and of the processes
+    it starts; a bad URL or an unreachable database fails here, at start-up, naming the URL
+    without its password."""
+    if not db:
+        return
+    os.environ[ENV_VAR] = str(db)
+    open_store(str(db))

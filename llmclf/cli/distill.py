@@ -3,6 +3,7 @@
 Example:
     $ llmclf distill --task sst2 --teacher llm:local --unlabeled texts.jsonl \\
         --out models/sst2 --eval-set sst2 --mode head-only
+    $ llmclf distill --from-pool --eval-set banking77 --out models/banking77-pool
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+
+from llmclf.cli.common import DbOpt, use_db
 
 
 def _render_table(result: object) -> None:
@@ -61,11 +64,14 @@ def distill_command(
         str, typer.Option("--teacher", help="Teacher backend spec, e.g. llm:local.")
     ] = "llm:local",
     unlabeled: Annotated[
-        str,
+        str | None,
         typer.Option(
-            "--unlabeled", "-u", help="Unlabelled texts: JSONL/CSV/Parquet/text file, '-' = stdin."
+            "--unlabeled",
+            "-u",
+            help="Unlabelled texts: JSONL/CSV/Parquet/text file, '-' = stdin (required unless "
+            "--from-pool).",
         ),
-    ] = ...,  # type: ignore[assignment]
+    ] = None,
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Model directory to write.")
     ] = ...,  # type: ignore[assignment]
@@ -153,8 +159,18 @@ def distill_command(
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    db: DbOpt = None,
+    from_pool: Annotated[
+        bool,
+        typer.Option(
+            "--from-pool",
+            help="No teacher: train the first student on the --eval-set's labelled few-shot "
+            "pool (gold), e.g. for an LLM's shortlist on day one (llmclf.pool_student).",
+        ),
+    ] = False,
 ) -> None:
     """Label unlabelled texts with a teacher and distill them into a SetFit student."""
+    use_db(db)
     from llmclf.distill import DEFAULT_MODE, MODES, DistillConfig, result_summary, run_distill
 
     chosen_mode = mode or DEFAULT_MODE
@@ -164,6 +180,18 @@ def distill_command(
     def echo(msg: str) -> None:
         if not quiet:
             typer.echo(msg, err=True)
+
+    if from_pool:
+        _from_pool(
+            eval_set, out, chosen_mode, body=body, max_steps=max_steps, max_seconds=max_seconds,
+            epochs=epochs, seed=seed, int8=int8, int8_bound=int8_bound, force=force,
+            quiet=quiet, as_json=as_json, echo=echo,
+        )  # fmt: skip
+        return
+    if unlabeled is None:
+        raise typer.BadParameter(
+            "give the texts to label (or --from-pool)", param_hint="--unlabeled"
+        )
 
     config = DistillConfig(
         teacher=teacher,
@@ -198,6 +226,23 @@ def distill_command(
         _render_table(result)
     if as_json:
         sys.stdout.write(json.dumps(result_summary(result), ensure_ascii=False) + "\n")
+
+
+def _from_pool(
+    eval_set: str | None, out: Path, mode: str, *, quiet: bool, as_json: bool, **options: object
+) -> None:
+    """``--from-pool``: `llmclf.pool_student.train_pool_student` on the eval set's pool."""
+    from llmclf.pool_student import train_pool_student
+
+    if eval_set is None:
+        raise typer.BadParameter(
+            "--from-pool trains on an eval set's pool", param_hint="--eval-set"
+        )
+    result = train_pool_student(
+        eval_set, out, mode=mode, progress=not quiet, **options  # type: ignore[arg-type]
+    )
+    if as_json:
+        sys.stdout.write(json.dumps(result.summary(), ensure_ascii=False) + "\n")
 
 
 def register(app: typer.Typer) -> None:

@@ -21,6 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
+from llmclf.cli.common import DbOpt, use_db
 from llmclf.cli.runs import print_diff, print_run
 from llmclf.datasets import load_eval_set
 from llmclf.errors import ConfigError
@@ -96,6 +97,7 @@ def eval_command(
         bool,
         typer.Option("--resume/--no-resume", help="Continue an interrupted run of the same eval."),
     ] = True,
+    db: DbOpt = None,
 ) -> None:
     """Evaluate a backend (and prompt) on an eval set; prints metrics and the run id.
 
@@ -103,6 +105,7 @@ def eval_command(
     sent to the model twice. With --baseline the command exits 1 when a gated metric dropped by
     more than --max-drop.
     """
+    use_db(db)
     if pool is not None and no_pool:
         raise ConfigError("give --pool or --no-pool, not both")
     es = load_eval_set(eval_set)

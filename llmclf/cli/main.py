@@ -40,9 +40,11 @@ def _root() -> None:
 COMMAND_MODULES = (
     "llmclf.cli.classify",
     "llmclf.cli.eval",
+    "llmclf.cli.calibrate",
     "llmclf.cli.runs",
     "llmclf.cli.report",
     "llmclf.cli.distill",
+    "llmclf.cli.label",
     "llmclf.cli.review",
     "llmclf.cli.serve",
 )

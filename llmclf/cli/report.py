@@ -11,6 +11,8 @@ from typing import Annotated
 
 import typer
 
+from llmclf.cli.common import DbOpt, use_db
+
 
 def report(
     run: Annotated[str, typer.Argument(help="Run id (or a unique prefix), or 'last'.")],
@@ -21,8 +23,10 @@ def report(
         str | None, typer.Option("--eval-set", "-e", help="With RUN 'last': the eval set.")
     ] = None,
     max_errors: Annotated[int, typer.Option(help="Most-confident errors to list.")] = 25,
+    db: DbOpt = None,
 ) -> None:
     """Write a static HTML report (no network needed to view it) for a stored eval run."""
+    use_db(db)
     from llmclf.errors import ConfigError
     from llmclf.evaluate import latest_run_id
     from llmclf.report import write_report

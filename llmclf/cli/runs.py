@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from llmclf.cli.common import DbOpt, use_db
 from llmclf.evaluate import compare_runs, get_metric, load_run, per_label_rows
 from llmclf.store import open_store
 
@@ -75,6 +76,7 @@ SUMMARY_ROWS: tuple[tuple[str, str], ...] = (
     ("weighted F1", "weighted_f1"),
     ("AUC-ROC", "auc_roc"),
     ("ECE (10 bins)", "calibration.ece"),
+    ("ECE before calibration", "calibration_raw.ece"),
     ("hamming loss", "hamming_loss"),
     ("abstain rate", "abstain_rate"),
     ("errors", "errors"),
@@ -96,6 +98,8 @@ def metrics_table(metrics: Mapping[str, Any], title: str = "metrics") -> Table:
         if path == "hamming_loss" and metrics.get("kind") != "multilabel":
             continue
         v = get_metric(metrics, path)
+        if path == "calibration_raw.ece" and v is None:
+            continue  # no prediction was calibrated
         if path in {"n", "errors", "cache_hits", "usage.total_tokens", "usage.llm_calls"}:
             table.add_row(label, fmt(None if v is None else int(v)))
         elif path.startswith("latency"):
@@ -255,8 +259,10 @@ def list_runs(
     ] = None,
     limit: Annotated[int, typer.Option("--limit", "-n", help="At most this many runs.")] = 30,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    db: DbOpt = None,
 ) -> None:
     """List eval runs, newest first."""
+    use_db(db)
     rows = [
         r for r in open_store().list_runs(eval_set=eval_set, limit=limit) if r["kind"] == "eval"
     ]
@@ -302,8 +308,10 @@ def show_run(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print config and metrics as JSON.")
     ] = False,
+    db: DbOpt = None,
 ) -> None:
     """Show a run's config and metrics."""
+    use_db(db)
     r = load_run(run)
     if as_json:
         cfg = {k: v for k, v in r.config.items() if k != "task"}
@@ -337,8 +345,10 @@ def diff_runs(
     b: Annotated[str, typer.Argument(help="The later run (id or unique prefix).")],
     max_cases: Annotated[int, typer.Option(help="Flipped cases to print.")] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the whole diff as JSON.")] = False,
+    db: DbOpt = None,
 ) -> None:
     """What changed from run A to run B: metric deltas, per-label F1 deltas, flipped cases."""
+    use_db(db)
     diff = compare_runs(a, b)
     if as_json:
         _json(diff)

@@ -18,6 +18,7 @@ A router is a tree of policies, each a `Backend` made of backends (one module ea
 | ``entry`` | `Entry` | ``Hints.backend`` forces one backend; reports each answer |
 | ``shadow`` | `Shadow` | a share of the answers also asked of a shadow backend (drift signal) |
 | ``review`` | `Review` | low-confidence answers go to the review queue |
+| ``shortlist`` | (a stage) | the LLMs ask only among a student's top-k labels |
 
 ``config`` loads and checks the YAML file (errors name file, line and field) and builds the
 backends with an injected ``make_backend``; ``tree`` builds the policies; `Router` (``facade``)
@@ -57,6 +58,7 @@ from llmclf.router.fallback import Fallback
 from llmclf.router.policy import Policy, RouteContext, Routed
 from llmclf.router.review import Review
 from llmclf.router.shadow import Shadow, ShadowStats
+from llmclf.router.shortlist import ShortlistConfig
 from llmclf.router.slot import Slot
 from llmclf.router.stats import ArmStats, RouterListener, RouterStats
 from llmclf.router.tree import Tree, build_tree
@@ -86,6 +88,7 @@ __all__ = [
     "Shadow",
     "ShadowConfig",
     "ShadowStats",
+    "ShortlistConfig",
     "Slot",
     "Tree",
     "build_tree",

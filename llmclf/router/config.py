@@ -16,11 +16,14 @@ cascade:
   student: student
   escalate_to: llm
   threshold: 0.8                # or {positive: 0.85, negative: 0.75}; default: the model card's
+  # target_accuracy: 0.9        # instead of threshold: answer from a calibrated student when its
+                                # calibrated probability of being right is at least 0.9
 fallbacks: [llm]
 timeouts: {default: 30000, student: 1000}     # milliseconds
 shadow: {backend: llm, share: 0.02, window: 500, warn_below: 0.85}
-review: {threshold: 0.6}
+review: {strategy: margin, threshold: 0.2, budget: 500, min_per_label: 10}
 ab: {arms: {cascade: 0.9, llm: 0.1}}
+shortlist: {backend: student, k: 5}           # the LLMs ask among the student's top 5 labels
 ```
 
 Example:
@@ -43,6 +46,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from llmclf.backends.base import Backend
 from llmclf.errors import ConfigError, TaskFileError
+from llmclf.router.shortlist import (
+    ShortlistConfig,
+    apply_shortlist,
+    check_shortlist_references,
+)
 from llmclf.specs import parse_spec
 from llmclf.store import Store, open_store
 from llmclf.task_refs import find_task_file, task_candidates
@@ -107,6 +115,15 @@ class CascadeConfig(_Strict):
     student: str
     escalate_to: str
     threshold: float | dict[str, float] | None = None
+    #: "The student answers when its calibrated probability of being right is at least this":
+    #: translated into a threshold on a calibrated student's scores (`llmclf.calibration`).
+    target_accuracy: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _threshold_or_target(self) -> CascadeConfig:
+        if self.threshold is not None and self.target_accuracy is not None:
+            raise ValueError("give threshold or target_accuracy, not both")
+        return self
 
     @field_validator("threshold")
     @classmethod
@@ -131,10 +148,35 @@ class ShadowConfig(_Strict):
 
 
 class ReviewConfig(_Strict):
-    """Store answers whose confidence is below ``threshold`` for human review."""
+    """Which answers go to the human review queue (see `llmclf.review_strategies`).
 
-    threshold: float = Field(ge=0.0, le=1.0)
+    ``strategy``: ``threshold`` (top score below ``threshold``), ``margin`` (top minus
+    runner-up below ``threshold``), ``entropy`` (normalised entropy above ``threshold``) or
+    ``disagreement`` (the shadow backend gave other labels; needs a ``shadow`` section).
+    ``budget``: most rows a UTC day. ``min_per_label``: each label's first N answers a day are
+    reviewed, and budget is held back for them (an int for all labels, or ``{label: n}``).
+    """
+
+    strategy: Literal["threshold", "margin", "entropy", "disagreement"] = "threshold"
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    budget: int | None = Field(default=None, ge=1)
+    min_per_label: int | dict[str, int] | None = None
     store: str | None = None
+
+    @field_validator("min_per_label")
+    @classmethod
+    def _non_negative(cls, v: int | dict[str, int] | None) -> int | dict[str, int] | None:
+        values = v.values() if isinstance(v, dict) else [] if v is None else [v]
+        for n in values:
+            if n < 0:
+                raise ValueError(f"a quota is a number of rows >= 0, got {n}")
+        return v
+
+    @model_validator(mode="after")
+    def _threshold_needed(self) -> ReviewConfig:
+        if self.strategy != "disagreement" and self.threshold is None:
+            raise ValueError(f"strategy {self.strategy!r} needs a threshold")
+        return self
 
 
 class ABConfig(_Strict):
@@ -163,6 +205,7 @@ class RouterConfig(_Strict):
     shadow: ShadowConfig | None = None
     review: ReviewConfig | None = None
     ab: ABConfig | None = None
+    shortlist: ShortlistConfig | None = None
     seed: int | None = None
 
     @field_validator("backends")
@@ -231,6 +274,8 @@ class ResolvedRouter:
     thresholds: dict[str, float]
     store: Store | None
     source: str
+    #: How the cascade thresholds were chosen, when a target was translated into them.
+    threshold_note: str | None = None
 
 
 def resolve_router_config(
@@ -262,13 +307,19 @@ def resolve_router_config(
             spec = _resolve_spec(entry.spec, base)
             built[bname] = make_backend(spec, task, store=store, **entry.options)
         all_backends = {**built, **given}
+        if config.shortlist is not None:
+            all_backends = apply_shortlist(config.shortlist, all_backends, task, where.error)
         thresholds = _resolve_thresholds(config, task, all_backends, where)
+        threshold_note = _target_note(config, all_backends)
         review_store = store
         if config.review is not None and config.review.store is not None:
-            review_path = Path(config.review.store).expanduser()
-            if not review_path.is_absolute():
-                review_path = base / review_path
-            review_store = open_store(review_path)
+            if "://" in config.review.store:  # a store URL (sqlite:///..., postgresql://...)
+                review_store = open_store(config.review.store)
+            else:
+                review_path = Path(config.review.store).expanduser()
+                if not review_path.is_absolute():
+                    review_path = base / review_path
+                review_store = open_store(review_path)
     except BaseException:
         for b in built.values():
             with contextlib.suppress(Exception):
@@ -281,6 +332,7 @@ def resolve_router_config(
         thresholds=thresholds,
         store=review_store,
         source=file.source,
+        threshold_note=threshold_note,
     )
 
 
@@ -363,6 +415,22 @@ def _check_references(
             need(("timeouts", name), name)
     if config.shadow is not None:
         need(("shadow", "backend"), config.shadow.backend)
+    if config.shortlist is not None:
+        check_shortlist_references(config.shortlist, names, where.error)
+    if config.review is not None:
+        if config.review.strategy == "disagreement" and config.shadow is None:
+            raise where.error(
+                ("review", "strategy"),
+                "strategy 'disagreement' compares with the shadow backend: add a shadow section",
+            )
+        quotas = config.review.min_per_label
+        if isinstance(quotas, dict):
+            for label in quotas:
+                if label not in task.label_names:
+                    raise where.error(
+                        ("review", "min_per_label", label),
+                        f"unknown label {label!r}; labels: {', '.join(task.label_names)}",
+                    )
     if config.ab is not None:
         for arm in config.ab.arms:
             if arm == CASCADE_ARM:
@@ -379,6 +447,20 @@ def _check_references(
             "(its first backend is the primary one)",
         )
 
+def _target_note(config: RouterConfig, backends: Mapping[str, Backend]) -> str | None:
+    """What ``cascade.target_accuracy`` was translated into, for the logs and the service."""
+    if config.cascade is None or config.cascade.target_accuracy is None:
+        return None
+    student = backends[config.cascade.student]
+    cal = student.calibration
+    assert cal is not None
+    t = config.cascade.target_accuracy
+    return (
+        f"cascade.target_accuracy {t:g}: {student.name} answers when its {cal.method}-calibrated "
+        f"confidence is at least {t:g}, else {config.cascade.escalate_to} does"
+    )
+
+
 def _resolve_thresholds(
     config: RouterConfig, task: Task, backends: Mapping[str, Backend], where: _Where
 ) -> dict[str, float]:
@@ -386,6 +468,18 @@ def _resolve_thresholds(
         return {}
     given = config.cascade.threshold
     out: dict[str, float] = {}
+    target = config.cascade.target_accuracy
+    if target is not None:
+        student = backends[config.cascade.student]
+        if student.calibration is None:
+            raise where.error(
+                ("cascade", "target_accuracy"),
+                f"needs a calibrated student, and {student.name} is not: fit its calibrator with "
+                f"`llmclf calibrate --backend {student.name}` (calibration.json), or set "
+                "cascade.threshold",
+            )
+        # calibrated scores are probabilities of being right: the target is the threshold
+        return {lab: float(target) for lab in task.label_names}
     if isinstance(given, float | int):
         return {lab: float(given) for lab in task.label_names}
     if isinstance(given, dict):

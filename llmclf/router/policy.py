@@ -84,7 +84,8 @@ class Routed:
     ``prediction`` is what the answering backend returned; ``by`` its name in the router config;
     ``route`` the names of the backends tried, in order; ``reason`` why this answer;
     ``fallback`` the "fallback after ... failed" note when a backend failed first; ``usage``
-    what backends other than ``by`` spent on the text (a student before an escalation).
+    what backends other than ``by`` spent on the text (a student before an escalation);
+    ``detail`` what the answering (leaf) backend said of its own answer (an LLM's shortlist).
     """
 
     prediction: Prediction
@@ -97,15 +98,18 @@ class Routed:
     escalated: bool = False
     arm: str | None = None
     latency_ms: float | None = None
+    detail: str | None = None
 
     def finish(self) -> Prediction:
-        """The `Prediction` a caller sees."""
+        """The `Prediction` a caller sees (``reason``, then the answering backend's own
+        ``detail``, e.g. the shortlist an LLM chose among)."""
         p = self.prediction
+        reason = f"{self.reason}; {self.detail}" if self.detail else self.reason
         return p.model_copy(
             update={
                 "backend": self.by,
                 "route": tuple(self.route),
-                "route_reason": self.reason,
+                "route_reason": reason,
                 "latency_ms": self.latency_ms if self.latency_ms is not None else p.latency_ms,
                 "usage": self.usage + p.usage,
             }

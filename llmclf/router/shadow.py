@@ -21,14 +21,17 @@ import queue
 import random
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from llmclf.backends.base import Backend
 from llmclf.hooks import Event, Hooks
 from llmclf.router.config import ShadowConfig
 from llmclf.router.policy import Policy, RouteContext, Routed, short_error
-from llmclf.types import Task
+from llmclf.types import Prediction, Task
+
+#: Called with (text, the answer, the shadow's answer, the request id) after each comparison.
+ComparedListener = Callable[[str, Prediction, Prediction, str | None], None]
 
 __all__ = ["Shadow", "ShadowStats"]
 
@@ -54,6 +57,14 @@ class ShadowStats:
         return self.agreement is not None and self.agreement < self.warn_below
 
 
+@dataclass(frozen=True)
+class _Item:
+    text: str
+    labels: tuple[str, ...]
+    answer: Routed | None
+    request_id: str | None
+
+
 class Shadow(Policy):
     """Answers from ``inner``; sends ``cfg.share`` of them to ``shadow`` too, in the background.
 
@@ -76,7 +87,8 @@ class Shadow(Policy):
         self.shadow = shadow
         self.cfg = cfg
         self.router = router  # for log lines
-        self._queue: queue.Queue[tuple[str, tuple[str, ...]] | None] = queue.Queue(cfg.queue_size)
+        self._queue: queue.Queue[_Item | None] = queue.Queue(cfg.queue_size)
+        self._listeners: list[ComparedListener] = []
         self._window: deque[bool] = deque(maxlen=cfg.window)
         self._lock = threading.Lock()
         self._rng = random.Random(seed)
@@ -98,18 +110,31 @@ class Shadow(Policy):
 
     async def route(self, texts: list[str], ctx: RouteContext) -> list[Routed]:
         answers = await self.inner.route(texts, ctx)
-        for text, a in zip(texts, answers, strict=True):
+        rid = ctx.hints.request_id
+        for i, (text, a) in enumerate(zip(texts, answers, strict=True)):
             if a.by != self.cfg.backend:
-                self.maybe_send(text, a.prediction.labels)
+                item_rid = f"{rid}#{i}" if rid is not None and len(texts) > 1 else rid
+                self.maybe_send(text, a.prediction.labels, a, item_rid)
         return answers
 
-    def maybe_send(self, text: str, labels: tuple[str, ...]) -> None:
+    def on_compared(self, listener: ComparedListener) -> None:
+        """Call ``listener(text, answer, shadow_answer, request_id)`` after each comparison
+        (on a shadow worker thread; the review queue's ``disagreement`` strategy uses it)."""
+        self._listeners.append(listener)
+
+    def maybe_send(
+        self,
+        text: str,
+        labels: tuple[str, ...],
+        answer: Routed | None = None,
+        request_id: str | None = None,
+    ) -> None:
         """Queue ``text`` for the shadow backend with probability ``share`` (dropped when full)."""
         with self._lock:
             if self.cfg.share <= 0.0 or self._rng.random() >= self.cfg.share:
                 return
         try:
-            self._queue.put_nowait((text, labels))
+            self._queue.put_nowait(_Item(text, labels, answer, request_id))
         except queue.Full:
             with self._lock:
                 self.dropped += 1
@@ -123,7 +148,7 @@ class Shadow(Policy):
             item = self._queue.get()
             if item is None:
                 return
-            text, labels = item
+            text, labels = item.text, item.labels
             try:
                 (pred,) = self.shadow.predict_batch([text], None)
             except Exception as exc:
@@ -151,6 +176,13 @@ class Shadow(Policy):
                     )  # fmt: skip
                 stats = self._stats_locked()
             self.hooks.emit(Event.SHADOW_COMPARED, agreed, stats)
+            if item.answer is not None:
+                answer = item.answer.finish()
+                for listener in self._listeners:
+                    try:
+                        listener(text, answer, pred, item.request_id)
+                    except Exception as exc:  # a listener never stops the shadow worker
+                        log.error("shadow listener failed: %s", short_error(exc))
 
     def _stats_locked(self) -> ShadowStats:
         samples = len(self._window)

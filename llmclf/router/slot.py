@@ -129,5 +129,13 @@ class Slot(Policy):
 
     async def route(self, texts: list[str], ctx: RouteContext) -> list[Routed]:
         preds = await self.call(texts, ctx)
-        # a slot decides nothing: the policy above it gives the reason
-        return [Routed(p, by=self.name, route=[self.name], reason="") for p in preds]
+        # a slot decides nothing: the policy above it gives the reason; a leaf backend's own
+        # note (an LLM's shortlist) rides along as the detail (a nested router's is its reason)
+        leaf = not self.backend.capabilities.routes
+        return [
+            Routed(
+                p, by=self.name, route=[self.name], reason="",
+                detail=p.route_reason if leaf else None,
+            )
+            for p in preds
+        ]  # fmt: skip

@@ -1,7 +1,7 @@
 """Build a router's tree of policies from its resolved config.
 
 ```
-Review                      (review: {threshold})           outermost: sees the final answers
+Review                      (review: {strategy, threshold, budget, min_per_label})
 └─ Shadow                   (shadow: {backend, share})
    └─ Entry                 Hints.backend forces one slot; reports routed / failed
       └─ ABSplit            (ab: {arms})                     arm "cascade" or a backend name
@@ -27,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from llmclf.hooks import Hooks
+from llmclf.review_strategies import ReviewGate
 from llmclf.router.ab import ABSplit
 from llmclf.router.cascade import Cascade
 from llmclf.router.config import CASCADE_ARM, ResolvedRouter
@@ -119,8 +120,14 @@ def build_tree(plan: ResolvedRouter, *, hooks: Hooks, router: str = "router") ->
         )  # fmt: skip
     review: Review | None = None
     if config.review is not None:
-        root = review = Review(
-            root, threshold=config.review.threshold, task=task, store=plan.store, hooks=hooks,
-            router=router,
+        rc = config.review
+        gate = ReviewGate(
+            strategy=rc.strategy, threshold=rc.threshold, budget=rc.budget,
+            min_per_label=rc.min_per_label, labels=task.label_names,
         )  # fmt: skip
+        root = review = Review(
+            root, gate=gate, task=task, store=plan.store, hooks=hooks, router=router
+        )
+        if shadow is not None and rc.strategy == "disagreement":
+            shadow.on_compared(review.on_shadow_compared)
     return Tree(root=root, entry=entry, slots=slots, ab=ab, shadow=shadow, review=review)

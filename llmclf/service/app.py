@@ -7,6 +7,7 @@ Endpoints:
   ``min_confidence``, ``request_key``, ``request_id``). Answers
   ``{"task", "prediction": {...}}`` or ``{"task", "predictions": [...]}``.
 - ``GET /v1/tasks``: the tasks served, with their labels.
+- ``GET /review`` and ``/v1/review/*``: the review page and its API, when a store is given.
 - ``GET /healthz``: liveness. ``GET /metrics``: Prometheus text. ``GET /openapi.json``, ``/docs``.
 
 Every error is ``{"error": {"type": ..., "message": ...}}``: 4xx for bad input (422 for an
@@ -48,6 +49,7 @@ from llmclf.classifier import validate_texts
 from llmclf.errors import BackendError, ConfigError, LLMClfError, error_kind
 from llmclf.service.batching import MicroBatcher
 from llmclf.service.metrics import CONTENT_TYPE, ServiceMetrics
+from llmclf.store import Store
 
 log = logging.getLogger("llmclf.service")
 
@@ -146,6 +148,10 @@ class PredictionOut(BaseModel):
     abstained: bool
     score_source: str
     cached: bool
+    #: whether the scores went through a fitted calibrator (``score_source`` names it)
+    calibrated: bool = False
+    #: the decision threshold, when it is not 0.5 (a label may then score below another)
+    threshold: float | None = None
 
 
 class ClassifyResponse(BaseModel):
@@ -411,11 +417,14 @@ def create_app(
     *,
     metrics: ServiceMetrics | None = None,
     close_backends: bool = True,
+    review_store: Store | None = None,
 ) -> FastAPI:
     """A FastAPI app serving one backend (usually a `Router`) per task.
 
     ``backends`` may be one backend, a list (keyed by their task names) or a mapping
     task name → backend. Routers get their student micro-batched and report to /metrics.
+    With ``review_store``, the review page (``GET /review``) and its API (``/v1/review/*``)
+    are served too (`llmclf.service.review_api`).
 
     Example:
         >>> app = create_app(Router.from_yaml("router.yaml"))            # doctest: +SKIP
@@ -563,6 +572,11 @@ def create_app(
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    if review_store is not None:
+        from llmclf.service.review_api import add_review_routes
+
+        add_review_routes(app, lambda: review_store, auth_required=bool(settings.api_keys))
 
     return app
 

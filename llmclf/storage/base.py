@@ -1,0 +1,56 @@
+"""What a store dialect provides to `llmclf.store.Store`: transactions, reads, migrations.
+
+Queries are written once, in the SQL both SQLite and PostgreSQL accept (``?`` placeholders,
+``INSERT ... ON CONFLICT``, ``RETURNING``); a dialect translates what little differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager
+from typing import Any, Protocol
+
+__all__ = ["Cursor", "Database", "Tx"]
+
+
+class Cursor(Protocol):
+    """The part of a DB-API cursor the store uses."""
+
+    @property
+    def rowcount(self) -> int: ...
+
+    def fetchall(self) -> Sequence[Any]: ...
+
+    def fetchone(self) -> Any: ...
+
+
+class Tx(Protocol):
+    """One open write transaction: ``execute`` with ``?`` placeholders."""
+
+    def execute(self, sql: str, args: Iterable[Any] = ..., /) -> Any: ...
+
+
+class Database(Protocol):
+    """One database behind the store (`llmclf.storage.sqlite`, `llmclf.storage.postgres`)."""
+
+    dialect: str
+    #: what messages name: the file path, or the URL without its password
+    display: str
+
+    def transaction(self) -> AbstractContextManager[Any]:
+        """One write transaction (a `Tx`): committed on exit, rolled back on an exception."""
+        ...
+
+    def read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
+        """Run one read query; all rows."""
+        ...
+
+    def migrate(self, migrations: Sequence[tuple[str, str]]) -> None:
+        """Apply the migrations not yet applied, all in one transaction."""
+        ...
+
+    def integrity_check(self) -> str:
+        """'ok' when the database is sound."""
+        ...
+
+    def close(self) -> None: ...
