@@ -79,7 +79,9 @@ def accuracy(head: Any, emb: np.ndarray, gold: list[str], names: list[str]) -> f
 
 
 def learning(args: argparse.Namespace) -> dict[str, Any]:
-    from llmclf.distill import _encode, _load_body, fit_head
+    from llmclf.distill import fit_head
+    from llmclf.distill.train.body import encode as _encode
+    from llmclf.distill.train.body import load_body as _load_body
     from llmclf.review_strategies import ReviewGate, suggest
     from llmclf.types import Task
 

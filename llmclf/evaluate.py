@@ -29,13 +29,10 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,15 +40,9 @@ from typing import Any
 from llmclf.backends.base import Backend
 from llmclf.classifier import Classifier
 from llmclf.datasets import Case, EvalSet
-from llmclf.errors import (
-    BackendError,
-    ConfigError,
-    InputTextError,
-    StoreError,
-    error_kind,
-)
-from llmclf.metrics import ABSTAINED, ERRORED, LOWER_IS_BETTER, compute_metrics
-from llmclf.progress import open_bar
+from llmclf.errors import BackendError, ConfigError, InputTextError, StoreError, error_kind
+from llmclf.jobs import Outcome, run_job
+from llmclf.metrics import ABSTAINED, ERRORED, LOWER_IS_BETTER, compute_metrics, percentiles
 from llmclf.prompts import PromptTemplate
 from llmclf.redaction import redact, redact_spec, secrets_of_spec
 from llmclf.specs import parse_spec
@@ -73,6 +64,10 @@ __all__ = [
 ]
 
 RUN_KIND = "eval"
+#: Texts per request for a backend that is not an LLM (a student answers a batch in one pass).
+BATCH_SIZE = 16
+#: Eval texts timed one per call for the latency of a batching backend (see `evaluate`).
+LATENCY_SAMPLE = 50
 
 #: Metrics shown in summaries and diffs: (name, path in the metrics dict).
 HEADLINE_METRICS: tuple[tuple[str, str], ...] = (
@@ -150,23 +145,64 @@ def default_pool(eval_set: EvalSet, prompt: str | None) -> Path | None:
     return None
 
 
+@dataclass(frozen=True)
+class _Indexed:
+    """A case and its place in the run (an item of the eval's job)."""
+
+    index: int
+    case: Case
+
+    @property
+    def text(self) -> str:
+        return self.case.text
+
+
+def _latency(
+    clf: Classifier, cases: Sequence[Case], metrics: Mapping[str, Any], batch_size: int
+) -> dict[str, Any]:
+    """The run's latency entries: ``latency_ms`` (p50/p95/mean/max per text) and
+    ``latency_method``, which says how it was measured.
+
+    An LLM is asked one text per request: each case's own call is its latency (cache hits
+    left out). A backend that answers a batch in one pass (a student) was asked
+    `BATCH_SIZE` texts at a time, so each case's time there is its batch's wall time; its
+    per-text latency is measured instead by asking up to `LATENCY_SAMPLE` eval texts one per
+    call after the run (warm), and the batched figures stay as ``latency_ms_batched``.
+    """
+    if batch_size == 1:
+        return {
+            "latency_method": "one text per request: each case's own call (cache hits left out)"
+        }
+    if not clf.backend.capabilities.batches:
+        return {
+            "latency_method": f"per answer as the backend reported it, asked in batches of "
+            f"{batch_size} (a batched part's time is shared by the texts of its batch)"
+        }
+    sample = [c.text for c in cases[:LATENCY_SAMPLE]]
+    timings = []
+    for text in sample:
+        t0 = time.perf_counter()
+        try:
+            clf.predict(text)
+        except (BackendError, InputTextError):  # counted among the run's errors already
+            continue
+        timings.append((time.perf_counter() - t0) * 1000)
+    return {
+        "latency_ms": percentiles(timings),
+        "latency_ms_all": percentiles(timings),
+        "latency_ms_batched": metrics.get("latency_ms"),
+        "latency_method": f"one text per call: {len(sample)} eval texts timed after the run "
+        f"(warm); latency_ms_batched is the wall time of a batch of {batch_size}, "
+        "shared by its texts",
+    }
+
+
 def _prediction_record(case: Case, pred: Prediction | None, err: dict[str, str] | None) -> dict:
     return {
         "text": case.text,
         "prediction": None if pred is None else pred.model_dump(mode="json"),
         "error": err,
     }
-
-
-@contextmanager
-def _progress(enabled: bool, total: int, done: int, label: str) -> Iterator[Callable[[], None]]:
-    """A rich progress bar on stderr; yields a function that advances it by one."""
-    if not enabled:
-        yield lambda: None
-        return
-    with contextlib.ExitStack() as stack:
-        bar, tid = open_bar(stack, label, total=total, done=done)
-        yield lambda: bar.advance(tid)
 
 
 def evaluate(
@@ -275,63 +311,43 @@ def evaluate(
 
         preds: list[Prediction | None] = [None] * len(cases)
         errors: list[dict[str, str] | None] = [None] * len(cases)
-        todo: list[int] = []
         for i, case in enumerate(cases):
             rec = done.get(case.id)
             if rec is not None:
                 preds[i] = Prediction.model_validate(rec["prediction"])
-            else:
-                todo.append(i)
 
-        # LLM backends are asked one text per request (the eval bounds concurrency);
+        # LLM backends are asked one text per request (the job bounds concurrency);
         # other backends (students, routers) get small batches.
-        chunk = 1 if spec.startswith("llm:") else 16
-        batches = [todo[j : j + chunk] for j in range(0, len(todo), chunk)]
+        batch_size = 1 if clf.backend.capabilities.prompted else BATCH_SIZE
 
-        def work(idx: list[int]) -> list[tuple[int, Prediction | None, dict[str, str] | None]]:
-            texts = [cases[i].text for i in idx]
-            try:
-                got = clf.predict_many(texts) if len(texts) > 1 else [clf.predict(texts[0])]
-                return [(i, p, None) for i, p in zip(idx, got, strict=True)]
-            except (BackendError, InputTextError) as exc:
-                if len(idx) > 1:  # find which text failed: ask one by one
-                    return [r for i in idx for r in work([i])]
-                message = redact(str(exc), secrets)[:2000]
-                return [(idx[0], None, {"kind": error_kind(exc), "message": message})]
+        def ask(texts: list[str]) -> list[Prediction]:
+            return clf.predict_many(texts) if len(texts) > 1 else [clf.predict(texts[0])]
 
-        pool = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="llmclf-eval")
-        pending: set[Future[Any]] = set()
-        interrupted = True
-        try:
-            with _progress(progress, len(cases), len(cases) - len(todo), eval_set.name) as advance:
-                it = iter(batches)
-                while True:
-                    while len(pending) < concurrency * 2:
-                        nxt = next(it, None)
-                        if nxt is None:
-                            break
-                        pending.add(pool.submit(work, nxt))
-                    if not pending:
-                        break
-                    finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    for fut in finished:
-                        for i, pred, err in fut.result():
-                            preds[i], errors[i] = pred, err
-                            # written at once: a crash loses at most the cases in flight
-                            store.add_run_case(
-                                run_id,
-                                cases[i].id,
-                                i,
-                                list(cases[i].labels),
-                                _prediction_record(cases[i], pred, err),
-                            )
-                            advance()
-            interrupted = False
-        finally:
-            for fut in pending:
-                fut.cancel()
-            # after an interruption, do not wait for the requests still in flight
-            pool.shutdown(wait=not interrupted, cancel_futures=True)
+        def commit(outcome: Outcome[_Indexed]) -> None:
+            i, case = outcome.item.index, outcome.item.case
+            err = None
+            if outcome.error is not None:
+                message = redact(str(outcome.error), secrets)[:2000]
+                err = {"kind": error_kind(outcome.error), "message": message}
+            preds[i], errors[i] = outcome.prediction, err
+            # written at once: a crash loses at most the cases in flight
+            store.add_run_case(
+                run_id, case.id, i, list(case.labels), _prediction_record(case, preds[i], err)
+            )
+
+        run_job(
+            [_Indexed(i, c) for i, c in enumerate(cases)],
+            ask,
+            commit,
+            total=len(cases),
+            label=eval_set.name,
+            key=lambda it: it.case.id,
+            done=done.keys(),
+            batch_size=batch_size,
+            concurrency=concurrency,
+            progress=progress,
+            thread_name="llmclf-eval",
+        )
 
         metrics = compute_metrics(
             task,
@@ -341,6 +357,7 @@ def evaluate(
             errors=[e["kind"] if e else None for e in errors],
         )
         metrics["resumed_cases"] = len(done)
+        metrics.update(_latency(clf, cases, metrics, batch_size))
         store.finish_run(run_id, metrics)
     finally:
         clf.close()

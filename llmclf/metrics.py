@@ -81,7 +81,13 @@ def _f(x: Any) -> float | None:
     return v if math.isfinite(v) else None
 
 
-def _percentiles(values: Sequence[float]) -> dict[str, Any]:
+def percentiles(values: Sequence[float]) -> dict[str, Any]:
+    """``n``, ``p50``, ``p95``, ``mean`` and ``max`` of ``values`` (None when empty).
+
+    Example:
+        >>> percentiles([1.0, 2.0, 3.0])["p50"]
+        2.0
+    """
     if not values:
         return {"n": 0, "p50": None, "p95": None, "mean": None, "max": None}
     arr = np.asarray(values, dtype=float)
@@ -321,8 +327,8 @@ def compute_metrics(
         "abstain_rate": n_abstained / n if n else 0.0,
         "cache_hits": sum(1 for p in ok_preds if p.cached),
         "usage": _usage(preds),
-        "latency_ms": _percentiles([p.latency_ms for p in ok_preds if not p.cached]),
-        "latency_ms_all": _percentiles([p.latency_ms for p in ok_preds]),
+        "latency_ms": percentiles([p.latency_ms for p in ok_preds if not p.cached]),
+        "latency_ms_all": percentiles([p.latency_ms for p in ok_preds]),
         "score_sources": dict(Counter(p.score_source for p in ok_preds)),
         "backends": dict(Counter(p.backend for p in ok_preds)),
     }

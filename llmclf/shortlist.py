@@ -39,11 +39,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
-from llmclf.backends.base import Backend
 from llmclf.errors import ConfigError
 from llmclf.types import Label, Prediction, Task
+
+if TYPE_CHECKING:  # annotations only: backends/llm.py imports this module
+    from llmclf.backends.base import Backend
 
 __all__ = [
     "LIKELY",

@@ -27,5 +27,7 @@ if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb 
 fi
 .venv/bin/ruff check llmclf tests benchmarks scripts
 .venv/bin/mypy
+# the layers of docs/ARCHITECTURE.md and no import cycle (pyproject.toml [tool.importlinter])
+.venv/bin/lint-imports
 export LLMCLF_HOME="${LLMCLF_HOME:-$(mktemp -d)}"
 .venv/bin/python -m pytest -q "$@"

@@ -157,6 +157,12 @@ def test_distill_writes_a_complete_model_dir(distilled: dict[str, Any], sst2_tas
     readme = (out / "README.md").read_text()
     for needle in ("teacher", card["prompt_id"], card["data"]["train_hash"], "negative"):
         assert needle in readme
+    # head-only trains no body: the card claims no training steps of any kind
+    assert card["student"]["step_kind"] is None
+    assert "body frozen (no training steps)" in readme and "contrastive" not in readme
+    # the card records the job's settings (the DistillConfig), secrets left out
+    assert card["config"]["mode"] == "head-only" and card["config"]["eval_set"]
+    assert card["config"]["teacher"] == card["teacher"]
 
     # the parity check ran for both exports and is within its bounds
     parity = {p["runtime"]: p for p in card["export"]["parity"]}
@@ -184,6 +190,12 @@ def test_distill_evaluates_student_against_gold_and_teacher(distilled: dict[str,
     rows = {name: (t, s) for name, t, s in result.comparison()}
     assert rows["accuracy"] == (1.0, result.student_metrics["accuracy"])
     assert rows["latency p50 (ms, one text)"][1] > 0
+    # the student was scored once: its one stored run gives the metrics, the agreement and
+    # the latency, measured one text per call (not a batch's wall time)
+    student_runs = [r for r in store.list_runs(limit=1000) if r["backend"] == f"setfit:{out}"]
+    assert [r["id"] for r in student_runs] == [result.student_run_id]
+    assert rows["latency p50 (ms, one text)"][1] == result.student_metrics["latency_ms"]["p50"]
+    assert "one text per call" in result.student_metrics["latency_method"]
     # the backend serves the model: a score for every label, summing to 1
     pred = SetFitBackend(out).predict_batch(["a gorgeous , witty film"])[0]
     assert set(pred.scores) == {"negative", "positive"}
@@ -507,7 +519,8 @@ def test_full_mode_fine_tunes_the_body_within_its_budget(
                      mode="full", max_steps=6, int8=False, progress=False)  # fmt: skip
     assert result.mode == "full" and result.train_steps == 6
     card = json.loads((tmp_path / "m" / "card.json").read_text())
-    assert card["student"]["steps"] == 6
+    assert card["student"]["steps"] == 6 and card["student"]["step_kind"] == "contrastive"
+    assert "6 contrastive steps" in (tmp_path / "m" / "README.md").read_text()
     assert SetFitBackend(tmp_path / "m").predict_batch(["fine"])[0].scores
 
 
@@ -525,6 +538,10 @@ def test_end_to_end_mode_trains_body_and_head_together(
     assert result.mode == "end-to-end" and result.train_steps == 2 * -(-n_train // 32)
     card = json.loads((tmp_path / "m" / "card.json").read_text())
     assert card["student"]["epochs"] == 2 and card["student"]["head_c"] is None
+    # end to end, the steps are gradient steps of body and head, not contrastive pair steps
+    assert card["student"]["step_kind"] == "gradient"
+    readme = (tmp_path / "m" / "README.md").read_text()
+    assert f"{result.train_steps} gradient steps" in readme and "contrastive" not in readme
     # the body itself was trained: its embeddings moved away from the pretrained body's
     texts = [r["text"] for r in TRAIN[:8]]
     before = SentenceTransformer(str(default_body_path()), device="cpu").encode(texts)
@@ -592,7 +609,7 @@ def test_binary_certainty_is_measured_from_the_task_threshold(sst2_task: Task) -
 
 
 def test_end_to_end_refuses_a_budget_of_no_steps(sst2_task: Task) -> None:
-    from llmclf.finetune import finetune_end_to_end
+    from llmclf.distill.train.end_to_end import finetune_end_to_end
 
     with pytest.raises(DistillError, match="at least one step"):
         finetune_end_to_end(object(), ["good", "bad"], [["positive"], ["negative"]], sst2_task,

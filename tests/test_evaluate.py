@@ -361,3 +361,36 @@ def test_secret_values_are_scrubbed_from_stored_error_messages(monkeypatch):
     assert sorted(secrets) == ["sk-from-env-1234", "sk-in-spec-9876"]
     msg = "401: bad key sk-in-spec-9876 (env sk-from-env-1234)"
     assert redact(msg, secrets) == "401: bad key *** (env ***)"
+
+
+# ---------------------------------------------------------------------------- latency
+
+
+def test_a_batching_backend_has_its_latency_measured_one_text_per_call(tmp_path):
+    from llmclf.report import render_html
+    from llmclf.testing import FunctionBackend
+
+    es = load_eval_set(make_eval_set(tmp_path))
+    student = FunctionBackend(es.task, lambda t: {"negative": 0.3, "positive": 0.7}, name="s")
+    run = evaluate(es, student, progress=False)
+    texts = [c.text for c in es.cases]
+    # the eval asks a batch in one pass, then times each text alone: a batch's wall time is
+    # never reported as every text's latency
+    assert student.batches == [texts] + [[t] for t in texts]
+    m = run.metrics
+    assert m["latency_ms"]["n"] == len(texts) and m["latency_ms_batched"]["n"] == len(texts)
+    assert m["latency_method"].startswith("one text per call: 8 eval texts timed")
+    # stored with the run and shown where latency is shown
+    assert load_run(run.run_id).metrics["latency_method"] == m["latency_method"]
+    res = cli("runs", "show", run.run_id)
+    assert "latency measured" in res.stdout and "one text per call" in res.stdout
+    assert m["latency_method"] in render_html(run)
+
+
+def test_an_llm_run_says_its_latency_is_each_cases_own_request(tmp_path):
+    es = load_eval_set(make_eval_set(tmp_path))
+    with FakeProvider(rules=RULES, default="negative") as fake:
+        run = evaluate(es, fake.spec(), progress=False)
+    assert len(fake.chat_requests) == len(CASES)  # no extra calls to time the LLM
+    assert run.metrics["latency_method"].startswith("one text per request")
+    assert "latency_ms_batched" not in run.metrics

@@ -15,7 +15,7 @@ from typing import Annotated
 
 import typer
 
-from llmclf.cli.common import DbOpt, resolve_task, use_db
+from llmclf.cli.common import DbOpt, use_db
 
 
 def _render_table(result: object) -> None:
@@ -171,7 +171,7 @@ def distill_command(
 ) -> None:
     """Label unlabelled texts with a teacher and distill them into a SetFit student."""
     use_db(db)
-    from llmclf.distill import DEFAULT_MODE, MODES, distill, result_summary
+    from llmclf.distill import DEFAULT_MODE, MODES, DistillConfig, result_summary, run_distill
 
     chosen_mode = mode or DEFAULT_MODE
     if chosen_mode not in MODES:
@@ -193,36 +193,35 @@ def distill_command(
             "give the texts to label (or --from-pool)", param_hint="--unlabeled"
         )
 
-    result = distill(
-        resolve_task(task) if task else None,
-        teacher,
-        unlabeled,
-        out,
+    config = DistillConfig(
+        teacher=teacher,
+        unlabeled=unlabeled,
+        out=out,
+        task=task,
         eval_set=eval_set,
+        prompt=prompt,
+        few_shot_pool=pool,
+        concurrency=concurrency,
+        limit=limit,
+        text_field=text_field,
+        export_labels=export_labels,
+        min_confidence=min_confidence,
+        balance_ratio=balance_ratio,
+        max_per_label=max_per_label,
+        min_per_label=min_per_label,
+        include_labelled=tuple(include_labelled or ()),
+        include_reviewed=include_reviewed,
         mode=chosen_mode,  # type: ignore[arg-type]
         body=body,
         max_steps=max_steps,
         max_seconds=max_seconds,
         epochs=epochs,
-        int8_bound=int8_bound,
-        min_confidence=min_confidence,
-        balance_ratio=balance_ratio or None,
-        max_per_label=max_per_label,
-        min_per_label=min_per_label,
-        limit=limit,
-        int8=int8,
-        force=force,
-        prompt=prompt,
-        few_shot_pool=pool,
-        concurrency=concurrency,
-        text_field=text_field,
-        include_labelled=include_labelled or (),
-        include_reviewed=include_reviewed,
-        export_labels=export_labels,
         seed=seed,
-        progress=not quiet,
-        echo=echo,
+        int8=int8,
+        int8_bound=int8_bound,
+        force=force,
     )
+    result = run_distill(config, progress=not quiet, echo=echo)
     if not quiet:
         _render_table(result)
     if as_json:

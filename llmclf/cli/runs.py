@@ -106,6 +106,8 @@ def metrics_table(metrics: Mapping[str, Any], title: str = "metrics") -> Table:
             table.add_row(label, fmt(v, 1))
         else:
             table.add_row(label, fmt(v))
+    if metrics.get("latency_method"):
+        table.add_row("latency measured", _plain(str(metrics["latency_method"])))
     if metrics.get("error_kinds"):
         kinds = ", ".join(f"{k}: {n}" for k, n in metrics["error_kinds"].items())
         table.add_row("error kinds", kinds)

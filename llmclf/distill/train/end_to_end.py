@@ -1,6 +1,6 @@
-"""End-to-end distillation: fine-tune a sentence body and a linear head on the teacher's labels.
+"""The ``end-to-end`` mode: fine-tune a sentence body and a linear head on the teacher's labels.
 
-The ``end-to-end`` mode of ``llmclf distill``. The body (a sentence-transformers model, whose
+The body (a sentence-transformers model, whose
 pipeline pools and normalises) and a linear layer on its sentence embedding are trained jointly
 with cross-entropy on the teacher's decisions (balanced class weights; one sigmoid per label for
 multi-label tasks), AdamW with a linear decay, for ``epochs`` passes or until ``max_steps`` /
@@ -12,7 +12,7 @@ Measured on sst2 (2,000 SST-2 train texts labelled by ``llm:local``, 200 eval se
 the teacher on 0.79 of the eval cases; 4 epochs end to end agree on 0.885.
 
 Example:
-    >>> from llmclf.finetune import finetune_end_to_end               # doctest: +SKIP
+    >>> from llmclf.distill.train.end_to_end import finetune_end_to_end  # doctest: +SKIP
     >>> head, steps = finetune_end_to_end(body, texts, label_sets, task, epochs=4)
     >>> head.scores(body.encode(["a joy"])).round(2)
     array([[0.03, 0.97]])
@@ -30,6 +30,8 @@ import numpy as np
 from llmclf.backends.setfit import Head
 from llmclf.errors import DistillError
 from llmclf.types import Task
+
+__all__ = ["DEFAULT_EPOCHS", "finetune_end_to_end", "step_bar"]
 
 #: Defaults of the ``end-to-end`` mode.
 DEFAULT_EPOCHS = 4
@@ -149,3 +151,23 @@ def finetune_end_to_end(
         # the same decision, written the way the logistic-regression head writes it
         w, b = w - w[0], b - b[0]
     return Head("softmax", w, b), step
+
+
+def step_bar(enabled: bool) -> Callable[[int, int], None] | None:
+    """An ``on_step(done, total)`` callback drawing a tqdm bar on stderr (None when disabled)."""
+    if not enabled:
+        return None
+    from tqdm.auto import tqdm
+
+    bar: Any = None
+
+    def on_step(done: int, total: int) -> None:
+        nonlocal bar
+        if bar is None:
+            bar = tqdm(total=total, desc="training", unit="step", leave=False)
+        bar.total = total
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return on_step
