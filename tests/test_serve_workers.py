@@ -110,3 +110,47 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(
         assert not Path(f"/proc/{pid}").exists() or b"spawn_main" not in Path(
             f"/proc/{pid}/cmdline"
         ).read_bytes()
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except FileNotFoundError:
+        return b""
+
+
+@pytest.mark.model
+@pytest.mark.timeout(1500)
+def test_workers_share_one_embedded_llm_server_started_by_the_supervisor(
+    tmp_path: Path, llmclf_home: Path
+) -> None:
+    """The supervisor starts the llama.cpp server once; workers are given its URL, start none
+    of their own (not even when warming up), and it stops with the supervisor."""
+    from tests.helpers import local_model_available
+
+    if not local_model_available():
+        pytest.skip("the embedded Gemma model is not installed (or LLMCLF_SKIP_MODEL_TESTS)")
+    cfg = tmp_path / "router.yaml"
+    cfg.write_text("task: sst2\nbackends:\n  llm: llm:local\nfallbacks: [llm]\n", encoding="utf-8")
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmclf.cli.main", "serve", "--router", str(cfg),
+         "--port", str(port), "--workers", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: len(_workers(proc.pid)) == 2, proc, 600)
+        wait_until(lambda: httpx.get(url + "/healthz").status_code == 200, proc, 600)
+        workers = _workers(proc.pid)
+        llama = [c for c in _children(proc.pid) if b"llama_server_main" in _cmdline(c)]
+        under_workers = [
+            c for w in workers for c in _children(w) if b"llama_server_main" in _cmdline(c)
+        ]
+        env = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=300)
+    assert len(llama) == 1 and under_workers == []  # one server, the supervisor's
+    assert any(e.startswith(b"LLMCLF_LOCAL_SERVER_URL=http://127.0.0.1:") for e in env)
+    assert _cmdline(llama[0]) == b""  # and it stops with the supervisor

@@ -100,6 +100,7 @@ def test_an_unreachable_database_fails_at_start_up_without_the_password() -> Non
     for args, env in (
         (["runs", "list", "--db", url], {}),
         (["review", "list"], {"LLMCLF_DATABASE_URL": url}),
+        (["serve", "--router", "router.yaml", "--workers", "2", "--db", url], {}),
     ):
         proc = run_cli(*args, env=env)
         assert proc.returncode == 2, proc.stderr

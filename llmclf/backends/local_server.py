@@ -33,6 +33,9 @@ from llmclf.errors import LocalServerError
 from llmclf.paths import local_server_dir
 
 MODEL_ALIAS = "gemma-3-270m"
+#: Set by `llmclf serve --workers` to the server its supervisor started: workers use that one,
+#: never start their own (and never restart it: the supervisor owns it).
+SHARED_URL_ENV = "LLMCLF_LOCAL_SERVER_URL"
 START_TIMEOUT_S = float(os.environ.get("LLMCLF_LOCAL_START_TIMEOUT", "120"))
 
 
@@ -144,6 +147,9 @@ class LocalServer:
 
     def ensure_running(self) -> str:
         """The base URL (``http://127.0.0.1:PORT/v1``) of a healthy server; starts one if needed."""
+        shared = os.environ.get(SHARED_URL_ENV)
+        if shared:
+            return shared
         with self._lock:
             if self._base_url and (self._proc is None or self._proc.poll() is None):
                 return self._base_url
@@ -170,6 +176,9 @@ class LocalServer:
 
     def mark_failed(self) -> bool:
         """After a connection failure: restart once; False when the restart budget is spent."""
+        shared = os.environ.get(SHARED_URL_ENV)
+        if shared:  # the supervisor's server: retry only if it answers
+            return _healthy(shared, timeout=5.0)
         with self._lock:
             if self._base_url and _healthy(self._base_url, timeout=2.0):
                 return True

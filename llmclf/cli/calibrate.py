@@ -24,6 +24,7 @@ from rich.table import Table
 
 from llmclf.calibrate import calibrate
 from llmclf.calibration import METHODS
+from llmclf.cli.common import DbOpt, use_db
 from llmclf.datasets import load_eval_set
 from llmclf.errors import ConfigError
 from llmclf.evaluate import default_pool
@@ -72,9 +73,11 @@ def calibrate_command(
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
     ] = None,
+    db: DbOpt = None,
 ) -> None:
     """Fit a calibrator for a backend and print accuracy, ECE and Brier before and after, on
     cases it was not fitted on."""
+    use_db(db)
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     es = load_eval_set(eval_set)

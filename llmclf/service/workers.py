@@ -1,9 +1,10 @@
 """``llmclf serve --workers N``: N uvicorn worker processes behind one port, sharing one store.
 
 The supervisor (the ``llmclf serve`` process) checks every router once, starts the embedded LLM
-server once if a router uses ``llm:local`` (the workers find it through its state file and
-share it; the supervisor stops it at exit), points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
-directory so ``/metrics`` adds up every worker, and hands the workers what to serve in
+server once if a router uses ``llm:local`` (the workers are given its URL in
+``$LLMCLF_LOCAL_SERVER_URL`` and never start their own; the supervisor stops it at exit),
+points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh directory so ``/metrics`` adds up every worker,
+and hands the workers what to serve in
 ``$LLMCLF_SERVE_SPEC`` (router paths and settings; API keys stay in their own variable). The
 store comes from ``$LLMCLF_DATABASE_URL``: a SQLite file in WAL mode or PostgreSQL; review
 writes are idempotent by request id, so rows written by any worker land once.
@@ -31,6 +32,8 @@ __all__ = ["MULTIPROC_ENV", "SPEC_ENV", "WorkerSpec", "create_worker_app", "run_
 SPEC_ENV = "LLMCLF_SERVE_SPEC"
 #: How long a worker may take to answer uvicorn's health ping before it is replaced.
 HEALTHCHECK_TIMEOUT_S = 120
+#: How long stopping workers wait for the requests in flight.
+GRACEFUL_SHUTDOWN_S = 30
 #: prometheus_client's multiprocess directory.
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -87,13 +90,13 @@ def create_worker_app() -> Any:
 def _check_and_start_shared(router_paths: list[str]) -> None:
     """Build every router once here (a bad config fails now, not in N crash-looping workers);
     start the embedded LLM server once when a router uses it, for the workers to share."""
-    from llmclf.backends.local_server import LocalServer
+    from llmclf.backends.local_server import SHARED_URL_ENV, LocalServer
     from llmclf.router import Router
 
     for path in router_paths:
         Router.from_yaml(path).close()
     if LocalServer.in_use():
-        LocalServer.shared().ensure_running()
+        os.environ[SHARED_URL_ENV] = LocalServer.shared().ensure_running()
 
 
 def run_workers(
@@ -128,6 +131,8 @@ def run_workers(
             # a worker imports litellm and loads its routers before it answers uvicorn's
             # health ping; on a busy machine that takes longer than uvicorn's default 5 s
             timeout_worker_healthcheck=HEALTHCHECK_TIMEOUT_S,
+            # on stop, requests still waiting (e.g. on a starved LLM) get this long to finish
+            timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_S,
         )
     finally:
         if own_dir is not None:
