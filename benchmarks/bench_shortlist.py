@@ -36,7 +36,19 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--students", default=None, help="directory of pool students by set name")
+    ap.add_argument("--ks", default="3,5,10", help="shortlist sizes to run through the LLM")
+    ap.add_argument(
+        "--no-all-labels", action="store_true",
+        help="skip the all-labels LLM runs (long prompts: slow on a loaded machine); the "
+        "token table still counts their prompts",
+    )  # fmt: skip
+    ap.add_argument(
+        "--timeout-s", type=float, default=600.0,
+        help="per-call timeout of llm:local: on a loaded machine a timed-out call is retried while "
+        "the server still works on it, and the queue snowballs",
+    )  # fmt: skip
     args = ap.parse_args()
+    ks = tuple(int(k) for k in args.ks.split(",") if k)
     os.environ.setdefault("LLMCLF_HOME", tempfile.mkdtemp(prefix="llmclf-bench-"))
     students = Path(args.students or tempfile.mkdtemp(prefix="llmclf-pool-students-"))
 
@@ -82,8 +94,56 @@ def main() -> None:
             rows.append(line)
         print(line, f"  ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
 
+    def token_table(name: str, student_dir: Path) -> None:
+        """Prompt tokens per call of every setup, counted with the model's own tokenizer on the
+        rendered messages (no LLM call), over the same cases: the all-labels rows cost nothing
+        to count even when they are not run."""
+        from llama_cpp import Llama
+
+        from llmclf.backends.local_server import local_model_path
+        from llmclf.backends.registry import make_backend
+
+        vocab = Llama(model_path=str(local_model_path()), vocab_only=True, verbose=False)
+        es = load_eval_set(name)
+        texts = [c.text for c in es.cases[: args.limit]]
+
+        def count(spec: str) -> float:
+            b = make_backend(spec, es.task)
+            sl = getattr(b, "shortlister", None)
+            lists = sl.shortlists(texts) if sl is not None else [None] * len(texts)
+            n = 0
+            for text, shortlist in zip(texts, lists, strict=True):
+                task = sl.restrict(shortlist) if sl is not None else es.task
+                msgs = b.template.render(task, text, b._examples_for(text, task))  # type: ignore[attr-defined]
+                doc = "\n\n".join(m["content"] for m in msgs)
+                n += len(vocab.tokenize(doc.encode(), add_bos=True))
+            b.close()
+            return n / len(texts)
+
+        pool = str(es.pool_path)
+        few = f"few_shot_pool={pool}&prompt=few_shot"
+        base = {
+            "zero-shot": count("llm:local?prompt=zero_shot"),
+            "few-shot": count(f"llm:local?{few}"),
+        }
+        print(f"\n{name}: prompt tokens per call (tokenizer count of the rendered messages)")
+        for kind, spec_opts in (("zero-shot", "prompt=zero_shot"), ("few-shot", few)):
+            print(f"  all labels, {kind}: {base[kind]:.0f}")
+            for k in KS:
+                n = count(f"llm:local?{spec_opts}&shortlist=setfit:{student_dir}&shortlist_k={k}")
+                print(f"  shortlist k={k}, {kind}: {n:.0f} ({base[kind] / n:.1f}x fewer)")
+                tokens_rows.append(
+                    f"| {name} | {kind} | all labels {base[kind]:.0f} | k={k} | {n:.0f} "
+                    f"| {base[kind] / n:.1f}x |"
+                )
+        print(flush=True)
+
+    tokens_rows: list[str] = []
+
     def run(name: str, spec: str, prompt: str | None = None, dynamic: bool = False) -> Any:
         es = load_eval_set(name)
+        if spec.startswith("llm:"):
+            spec += ("&" if "?" in spec else "?") + f"timeout_s={args.timeout_s:g}"
         r = evaluate(
             es, spec, prompt=prompt, limit=args.limit,
             few_shot_pool=str(es.pool_path) if dynamic else None, concurrency=1, progress=False,
@@ -114,7 +174,8 @@ def main() -> None:
         rows.append(line)
         print(line, flush=True)
         short = shortlisted[name] = {}
-        for k in KS:
+        token_table(name, student_dir)
+        for k in ks:
             title = f"shortlist k={k} + LLM, few-shot (4 dynamic)"
             spec = f"llm:local?shortlist=setfit:{student_dir}&shortlist_k={k}"
             short[title] = run(name, spec, "few_shot", True)
@@ -124,7 +185,7 @@ def main() -> None:
         row(name, "shortlist k=5 + LLM, zero-shot", short[list(short)[-1]], None, keep=False)
 
     # phase 2, every set: the LLM with all labels (long prompts, slow); then the ratios
-    for name in args.sets.split(","):
+    for name in [] if args.no_all_labels else args.sets.split(","):
         zero = run(name, "llm:local", "zero_shot")
         row(name, "LLM, all labels, zero-shot", zero, None)
         few = run(name, "llm:local", "few_shot", dynamic=True)
@@ -135,6 +196,9 @@ def main() -> None:
     print(f"\n{header}")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print("\n| eval set | prompt | all labels: tokens / call | shortlist | tokens / call | fewer |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(tokens_rows))
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     LocalServer.shared().stop()
 
