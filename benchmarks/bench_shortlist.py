@@ -47,6 +47,11 @@ def main() -> None:
         help="per-call timeout of llm:local: on a loaded machine a timed-out call is retried while "
         "the server still works on it, and the queue snowballs",
     )  # fmt: skip
+    ap.add_argument(
+        "--latency-only", type=int, default=0, metavar="N",
+        help="only time llm:local zero-shot with all labels against shortlist k=5 on the first N "
+        "cases, alternating text by text, cache off (for a loaded machine)",
+    )  # fmt: skip
     args = ap.parse_args()
     ks = tuple(int(k) for k in args.ks.split(",") if k)
     os.environ.setdefault("LLMCLF_HOME", tempfile.mkdtemp(prefix="llmclf-bench-"))
@@ -140,6 +145,26 @@ def main() -> None:
 
     tokens_rows: list[str] = []
 
+    def latency_pair(name: str, student_dir: Path, n: int) -> None:
+        """p50 per text of all labels vs shortlist k=5 (zero-shot), text by text alternately, so
+        that both see the same load."""
+        from llmclf.backends.registry import make_backend
+
+        es = load_eval_set(name)
+        t = f"timeout_s={args.timeout_s:g}&cache=false&prompt=zero_shot"
+        full = make_backend(f"llm:local?{t}", es.task)
+        short = make_backend(f"llm:local?{t}&shortlist=setfit:{student_dir}&shortlist_k=5", es.task)
+        lat: dict[str, list[float]] = {"all labels": [], "shortlist k=5": []}
+        for c in es.cases[:n]:
+            for title, b in (("all labels", full), ("shortlist k=5", short)):
+                lat[title].append(b.predict_batch([c.text])[0].latency_ms)
+        a, s_ = float(np.median(lat["all labels"])), float(np.median(lat["shortlist k=5"]))
+        print(
+            f"| {name} | zero-shot p50 ms, {n} cases alternating | all labels {a:.0f} "
+            f"| shortlist k=5 {s_:.0f} | {a / s_:.1f}x faster |",
+            flush=True,
+        )
+
     def run(name: str, spec: str, prompt: str | None = None, dynamic: bool = False) -> Any:
         es = load_eval_set(name)
         if spec.startswith("llm:"):
@@ -149,6 +174,12 @@ def main() -> None:
             few_shot_pool=str(es.pool_path) if dynamic else None, concurrency=1, progress=False,
         )  # fmt: skip
         return r.metrics
+
+    if args.latency_only:
+        for name in args.sets.split(","):
+            latency_pair(name, students / name, args.latency_only)
+        LocalServer.shared().stop()
+        return
 
     # phase 1, every set: the student and the shortlists (short prompts, fast)
     shortlisted: dict[str, dict[str, dict[str, Any]]] = {}
