@@ -36,7 +36,24 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=40)
     ap.add_argument("--sets", default=",".join(SETS))
     ap.add_argument("--students", default=None, help="directory of pool students by set name")
+    ap.add_argument("--ks", default="3,5,10", help="shortlist sizes to run through the LLM")
+    ap.add_argument(
+        "--no-all-labels", action="store_true",
+        help="skip the all-labels LLM runs (long prompts: slow on a loaded machine); the "
+        "token table still counts their prompts",
+    )  # fmt: skip
+    ap.add_argument(
+        "--timeout-s", type=float, default=600.0,
+        help="per-call timeout of llm:local: on a loaded machine a timed-out call is retried while "
+        "the server still works on it, and the queue snowballs",
+    )  # fmt: skip
+    ap.add_argument(
+        "--latency-only", type=int, default=0, metavar="N",
+        help="only time llm:local zero-shot with all labels against shortlist k=5 on the first N "
+        "cases, alternating text by text, cache off (for a loaded machine)",
+    )  # fmt: skip
     args = ap.parse_args()
+    ks = tuple(int(k) for k in args.ks.split(",") if k)
     os.environ.setdefault("LLMCLF_HOME", tempfile.mkdtemp(prefix="llmclf-bench-"))
     students = Path(args.students or tempfile.mkdtemp(prefix="llmclf-pool-students-"))
 
@@ -82,13 +99,87 @@ def main() -> None:
             rows.append(line)
         print(line, f"  ({time.perf_counter() - t_start:.0f} s so far)", flush=True)
 
+    def token_table(name: str, student_dir: Path) -> None:
+        """Prompt tokens per call of every setup, counted with the model's own tokenizer on the
+        rendered messages (no LLM call), over the same cases: the all-labels rows cost nothing
+        to count even when they are not run."""
+        from llama_cpp import Llama
+
+        from llmclf.backends.local_server import local_model_path
+        from llmclf.backends.registry import make_backend
+
+        vocab = Llama(model_path=str(local_model_path()), vocab_only=True, verbose=False)
+        es = load_eval_set(name)
+        texts = [c.text for c in es.cases[: args.limit]]
+
+        def count(spec: str) -> float:
+            b = make_backend(spec, es.task)
+            sl = getattr(b, "shortlister", None)
+            lists = sl.shortlists(texts) if sl is not None else [None] * len(texts)
+            n = 0
+            for text, shortlist in zip(texts, lists, strict=True):
+                task = sl.restrict(shortlist) if sl is not None else es.task
+                msgs = b.template.render(task, text, b._examples_for(text, task))  # type: ignore[attr-defined]
+                doc = "\n\n".join(m["content"] for m in msgs)
+                n += len(vocab.tokenize(doc.encode(), add_bos=True))
+            b.close()
+            return n / len(texts)
+
+        pool = str(es.pool_path)
+        few = f"few_shot_pool={pool}&prompt=few_shot"
+        base = {
+            "zero-shot": count("llm:local?prompt=zero_shot"),
+            "few-shot": count(f"llm:local?{few}"),
+        }
+        print(f"\n{name}: prompt tokens per call (tokenizer count of the rendered messages)")
+        for kind, spec_opts in (("zero-shot", "prompt=zero_shot"), ("few-shot", few)):
+            print(f"  all labels, {kind}: {base[kind]:.0f}")
+            for k in KS:
+                n = count(f"llm:local?{spec_opts}&shortlist=setfit:{student_dir}&shortlist_k={k}")
+                print(f"  shortlist k={k}, {kind}: {n:.0f} ({base[kind] / n:.1f}x fewer)")
+                tokens_rows.append(
+                    f"| {name} | {kind} | all labels {base[kind]:.0f} | k={k} | {n:.0f} "
+                    f"| {base[kind] / n:.1f}x |"
+                )
+        print(flush=True)
+
+    tokens_rows: list[str] = []
+
+    def latency_pair(name: str, student_dir: Path, n: int) -> None:
+        """p50 per text of all labels vs shortlist k=5 (zero-shot), text by text alternately, so
+        that both see the same load."""
+        from llmclf.backends.registry import make_backend
+
+        es = load_eval_set(name)
+        t = f"timeout_s={args.timeout_s:g}&cache=false&prompt=zero_shot"
+        full = make_backend(f"llm:local?{t}", es.task)
+        short = make_backend(f"llm:local?{t}&shortlist=setfit:{student_dir}&shortlist_k=5", es.task)
+        lat: dict[str, list[float]] = {"all labels": [], "shortlist k=5": []}
+        for c in es.cases[:n]:
+            for title, b in (("all labels", full), ("shortlist k=5", short)):
+                lat[title].append(b.predict_batch([c.text])[0].latency_ms)
+        a, s_ = float(np.median(lat["all labels"])), float(np.median(lat["shortlist k=5"]))
+        print(
+            f"| {name} | zero-shot p50 ms, {n} cases alternating | all labels {a:.0f} "
+            f"| shortlist k=5 {s_:.0f} | {a / s_:.1f}x faster |",
+            flush=True,
+        )
+
     def run(name: str, spec: str, prompt: str | None = None, dynamic: bool = False) -> Any:
         es = load_eval_set(name)
+        if spec.startswith("llm:"):
+            spec += ("&" if "?" in spec else "?") + f"timeout_s={args.timeout_s:g}"
         r = evaluate(
             es, spec, prompt=prompt, limit=args.limit,
             few_shot_pool=str(es.pool_path) if dynamic else None, concurrency=1, progress=False,
         )  # fmt: skip
         return r.metrics
+
+    if args.latency_only:
+        for name in args.sets.split(","):
+            latency_pair(name, students / name, args.latency_only)
+        LocalServer.shared().stop()
+        return
 
     # phase 1, every set: the student and the shortlists (short prompts, fast)
     shortlisted: dict[str, dict[str, dict[str, Any]]] = {}
@@ -114,7 +205,8 @@ def main() -> None:
         rows.append(line)
         print(line, flush=True)
         short = shortlisted[name] = {}
-        for k in KS:
+        token_table(name, student_dir)
+        for k in ks:
             title = f"shortlist k={k} + LLM, few-shot (4 dynamic)"
             spec = f"llm:local?shortlist=setfit:{student_dir}&shortlist_k={k}"
             short[title] = run(name, spec, "few_shot", True)
@@ -124,7 +216,7 @@ def main() -> None:
         row(name, "shortlist k=5 + LLM, zero-shot", short[list(short)[-1]], None, keep=False)
 
     # phase 2, every set: the LLM with all labels (long prompts, slow); then the ratios
-    for name in args.sets.split(","):
+    for name in [] if args.no_all_labels else args.sets.split(","):
         zero = run(name, "llm:local", "zero_shot")
         row(name, "LLM, all labels, zero-shot", zero, None)
         few = run(name, "llm:local", "few_shot", dynamic=True)
@@ -135,6 +227,9 @@ def main() -> None:
     print(f"\n{header}")
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(rows))
+    print("\n| eval set | prompt | all labels: tokens / call | shortlist | tokens / call | fewer |")
+    print("|---|---|---|---|---|---|")
+    print("\n".join(tokens_rows))
     print(f"\ntotal {time.perf_counter() - t_start:.0f} s")
     LocalServer.shared().stop()
 
