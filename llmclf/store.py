@@ -120,6 +120,26 @@ MIGRATIONS: list[tuple[str, str]] = [
         ALTER TABLE review ADD COLUMN decision TEXT;
         """,
     ),
+    (
+        "007_label_batches",
+        """
+        CREATE TABLE label_batches (
+            id TEXT PRIMARY KEY,
+            job TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            provider TEXT NOT NULL,
+            batch_id TEXT,
+            input_file_id TEXT,
+            status TEXT NOT NULL,
+            keys TEXT NOT NULL,
+            generation INTEGER NOT NULL DEFAULT 0,
+            info TEXT NOT NULL DEFAULT '{}',
+            created REAL NOT NULL,
+            updated REAL NOT NULL
+        );
+        CREATE INDEX label_batches_job ON label_batches(job, seq);
+        """,
+    ),
 ]
 
 #: What a person can do with a review item: give gold labels, or skip it.
@@ -308,6 +328,19 @@ class Store:
             for r in self._read("SELECT item_key FROM teacher_labels WHERE job = ?", (job,))
         }
 
+    def teacher_keys_present(self, job: str, keys: list[str]) -> set[str]:
+        """Which of ``keys`` already have a label in ``job``."""
+        found: set[str] = set()
+        for i in range(0, len(keys), 500):
+            part = keys[i : i + 500]
+            marks = ",".join("?" * len(part))
+            rows = self._read(
+                f"SELECT item_key FROM teacher_labels WHERE job = ? AND item_key IN ({marks})",
+                (job, *part),
+            )
+            found |= {str(r[0]) for r in rows}
+        return found
+
     def put_teacher_label(
         self, job: str, item_key: str, position: int, text: str, prediction: dict[str, Any]
     ) -> None:
@@ -326,6 +359,64 @@ class Store:
             (job,),
         )
         return [{"key": r[0], "text": r[1], "prediction": json.loads(r[2])} for r in rows]
+
+    # -- provider batches of a labelling job (llmclf label --engine batch) ------------------------
+    def batch_add(self, job: str, provider: str, keys: list[str], generation: int = 0) -> str:
+        """Record a chunk of a job *before* it is submitted (status ``submitting``); returns its
+        id (``job:seq``), which is also sent as the batch's metadata so a crash between the
+        provider's answer and `batch_update` can be recovered without resubmitting."""
+        with self._tx() as conn:
+            row = conn.execute(
+                "SELECT COALESCE(MAX(seq), -1) + 1 FROM label_batches WHERE job = ?", (job,)
+            ).fetchone()
+            seq = int(row[0])
+            chunk_id = f"{job}:{seq}"
+            now = time.time()
+            conn.execute(
+                "INSERT INTO label_batches (id, job, seq, provider, status, keys, generation,"
+                " created, updated) VALUES (?, ?, ?, ?, 'submitting', ?, ?, ?, ?)",
+                (chunk_id, job, seq, provider, _dumps(keys), generation, now, now),
+            )
+        return chunk_id
+
+    def batch_update(
+        self,
+        chunk_id: str,
+        *,
+        status: str | None = None,
+        batch_id: str | None = None,
+        input_file_id: str | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        """Update one chunk's provider ids, status and info (one transaction)."""
+        sets: list[str] = ["updated = ?"]
+        args: list[Any] = [time.time()]
+        for col, value in (("status", status), ("batch_id", batch_id),
+                           ("input_file_id", input_file_id)):  # fmt: skip
+            if value is not None:
+                sets.append(f"{col} = ?")
+                args.append(value)
+        if info is not None:
+            sets.append("info = ?")
+            args.append(_dumps(info))
+        with self._tx() as conn:
+            conn.execute(
+                f"UPDATE label_batches SET {', '.join(sets)} WHERE id = ?", (*args, chunk_id)
+            )
+
+    def batches(self, job: str) -> list[dict[str, Any]]:
+        """Every chunk of ``job``, in submission order."""
+        rows = self._read(
+            "SELECT id, seq, provider, batch_id, input_file_id, status, keys, generation, info,"
+            " created, updated FROM label_batches WHERE job = ? ORDER BY seq",
+            (job,),
+        )
+        return [
+            {"id": r[0], "seq": r[1], "provider": r[2], "batch_id": r[3],
+             "input_file_id": r[4], "status": r[5], "keys": json.loads(r[6]),
+             "generation": r[7], "info": json.loads(r[8]), "created": r[9], "updated": r[10]}
+            for r in rows
+        ]  # fmt: skip
 
     # -- review queue ---------------------------------------------------------------------------
     def review_add(
@@ -589,7 +680,8 @@ class Store:
 
     def count(self, table: str, where: str = "", args: Iterable[Any] = ()) -> int:
         if table not in {
-            "cache", "runs", "run_cases", "teacher_labels", "review", "review_decisions"
+            "cache", "runs", "run_cases", "teacher_labels", "review", "review_decisions",
+            "label_batches",
         }:
             raise StoreError(f"unknown table {table!r}")
         sql = f"SELECT COUNT(*) FROM {table}" + (f" WHERE {where}" if where else "")

@@ -365,3 +365,53 @@ def test_a_refused_key_is_not_retried_and_says_what_to_check(fake, sentiment_tas
     fake.push(Fault.status(code))
     with pytest.raises(AuthError, match=r"check api_key= in the backend spec"):
         Classifier(sentiment_task, backend=fake.spec(api_key="sk-wrong", **FAST)).predict("bad")
+
+
+# -- request bodies for provider Batch APIs ------------------------------------------------------
+@pytest.mark.parametrize("provider", ["openai", "hosted_vllm"])
+def test_request_body_is_exactly_what_an_online_call_sends(provider, fake, sentiment_task):
+    """`request_body` (a Batch API line's body) is byte for byte the body the server receives
+    from `classify`: prompt, label schema, logprob and temperature settings. With
+    ``hosted_vllm`` this is the body a vLLM server receives: the labels as a JSON schema in
+    ``response_format`` (which vLLM enforces) and token logprobs."""
+    from llmclf.backends.registry import make_backend
+
+    backend = make_backend(
+        f"llm:{provider}/served-model?api_base={fake.base_url}&api_key=sk-x", sentiment_task
+    )
+    key, body = backend.request_body("I loved it")
+    assert fake.requests == []  # built, not sent
+    pred = backend.classify("I loved it")
+    assert pred.label == "positive" and pred.score_source == "logprobs"
+    (sent,) = fake.chat_requests
+    assert sent == body
+    assert body["model"] == "served-model"
+    assert body["temperature"] == 0.0 and body["logprobs"] is True and body["top_logprobs"] == 20
+    schema = body["response_format"]["json_schema"]["schema"]
+    assert body["response_format"]["type"] == "json_schema"
+    assert schema["properties"]["label"]["enum"] == ["negative", "positive"]
+    assert "guided_choice" not in body and "guided_json" not in body  # removed in vLLM 0.12
+    # the answer to that body, validated offline, is the online prediction (and its cache key)
+    resp = fake.answer_body(body)
+    offline = backend.prediction_from_response("I loved it", resp)
+    assert offline.labels == pred.labels and offline.scores == pred.scores
+    assert backend.store.cache_get(key) is not None
+
+
+def test_prediction_from_response_validates_like_an_online_answer(fake, sentiment_task):
+    from llmclf.backends.registry import make_backend
+
+    backend = make_backend(fake.spec(), sentiment_task)
+    _, body = backend.request_body("meh")
+    resp = fake.answer_body(body)
+    resp["choices"][0]["message"]["content"] = '{"label": "ecstatic"}'
+    with pytest.raises(OutputValidationError) as err:
+        backend.prediction_from_response("meh", resp)
+    assert err.value.raw_output == '{"label": "ecstatic"}'
+    with pytest.raises(ProviderServerError):
+        backend.prediction_from_response("meh", {"choices": []})
+    # without logprobs the single answer is one vote
+    resp = fake.answer_body(body)
+    resp["choices"][0]["logprobs"] = None
+    pred = backend.prediction_from_response("meh", resp)
+    assert pred.score_source == "votes" and pred.scores == {"negative": 1.0, "positive": 0.0}

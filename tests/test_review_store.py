@@ -14,6 +14,12 @@ from llmclf.errors import ReviewConflict, StoreError
 from llmclf.store import MIGRATIONS, Store
 
 
+@pytest.fixture
+def store(db_url: str) -> Store:
+    """Each test runs on a SQLite file and on a PostgreSQL database (conftest's ``db_url``)."""
+    return Store(db_url)
+
+
 def pred(label: str) -> dict:
     return {"labels": [label], "scores": {label: 0.6}}
 

@@ -311,6 +311,22 @@ def parse_fault_kind(exc: BaseException) -> str:
 
 
 @dataclass
+class _Choice:
+    logprobs: Any
+
+
+@dataclass
+class _Completion:
+    """The part of a chat completion `LLMBackend._logprob_scores` reads, from a JSON body."""
+
+    choices: list[_Choice]
+
+
+class _Captured(Exception):
+    """Raised by `LLMBackend._completion` after capturing a request instead of sending it."""
+
+
+@dataclass
 class _CallLog:
     """What one classification spent across its provider calls, retries and re-asks."""
 
@@ -496,7 +512,12 @@ class LLMBackend(Backend):
 
     # -- the provider call (instructor calls this; retries provider faults with backoff) --------
     def _completion(
-        self, *args: Any, _log: _CallLog | None = None, _prompt_len: int = 0, **kwargs: Any
+        self,
+        *args: Any,
+        _log: _CallLog | None = None,
+        _prompt_len: int = 0,
+        _capture: list[dict[str, Any]] | None = None,
+        **kwargs: Any,
     ) -> Any:
         import litellm
 
@@ -518,6 +539,9 @@ class LLMBackend(Backend):
             kwargs["extra_body"] = extra_body
         elif rf and self.config.response_format == "json_schema":
             kwargs["response_format"] = rf
+        if _capture is not None:  # `request_body`: what would be sent, not sent
+            _capture.append(kwargs)
+            raise _Captured
         attempt = 0
         while True:
             api_base = (
@@ -756,6 +780,136 @@ class LLMBackend(Backend):
         if self.config.cache:
             self.store.cache_put(key, self.config.model, record)
         return self._prediction(record, start, cached=False, task=task)
+
+    # -- offline requests (provider Batch APIs) -------------------------------------------------
+    def request_body(self, text: str) -> tuple[str, dict[str, Any]]:
+        """``(cache key, request body)`` of the call `classify` would make for ``text``, built
+        by the same code path but not sent: the rendered prompt, the label schema, logprob,
+        temperature and token settings, as the provider's HTTP body (for a Batch API file).
+
+        Example:
+            >>> key, body = backend.request_body("I loved it")          # doctest: +SKIP
+            >>> sorted(body)
+            ['logprobs', 'max_tokens', 'messages', 'model', 'response_format', 'temperature', ...]
+        """
+        import litellm
+
+        messages = self.template.render(self.task, text, self._examples_for(text))
+        params = self._params(self.config.temperature, None)
+        key = self.cache_key(messages, params)
+        captured: list[dict[str, Any]] = []
+        try:
+            self._instructor().create_with_completion(
+                model=self.config.model,
+                messages=messages,
+                response_model=self.answer_model,
+                max_retries=1,
+                _capture=captured,
+                _prompt_len=len(messages),
+                **params,
+            )
+        except Exception:
+            if not captured:
+                raise
+        kwargs = dict(captured[0])
+        try:
+            wire_model = litellm.get_llm_provider(model=self.config.model)[0]
+        except Exception:
+            wire_model = self.config.model.split("/", 1)[-1]
+        body: dict[str, Any] = {}
+        extra_body = kwargs.pop("extra_body", None) or {}
+        for k, v in kwargs.items():
+            if k not in {"model", "stream"}:
+                body[k] = v
+        body.update(extra_body)  # what litellm merges into the HTTP body
+        body["model"] = wire_model
+        return key, body
+
+    def prediction_from_response(self, text: str, response: Mapping[str, Any]) -> Prediction:
+        """Validate a provider's answer to `request_body` (e.g. a Batch API result line's
+        ``response.body``) exactly like an online answer, cache it under the same key, and
+        return its `Prediction`. Usage is costed at the provider's batch price.
+
+        Raises `OutputValidationError` (with the raw output) for an answer outside the label
+        schema, and `ProviderServerError` for an answer with no content.
+        """
+        start = time.perf_counter()
+        messages = self.template.render(self.task, text, self._examples_for(text))
+        params = self._params(self.config.temperature, None)
+        key = self.cache_key(messages, params)
+        choices = response.get("choices") or []
+        if not choices or not isinstance(choices[0], Mapping):
+            raise ProviderServerError(
+                "provider returned no choices", backend=self.name, status_code=200
+            )
+        content = (choices[0].get("message") or {}).get("content")
+        if not isinstance(content, str):
+            raise ProviderServerError(
+                "provider returned an empty message", backend=self.name, status_code=200
+            )
+        try:
+            answer = self.answer_model.model_validate_json(content)
+        except ValidationError as exc:
+            reason = "; ".join(e["msg"] for e in exc.errors(include_url=False)[:2])
+            raise OutputValidationError(
+                f"output did not match the label schema ({reason})",
+                raw_output=redact(content, [self.config.api_key]),
+                backend=self.name,
+            ) from None
+        chosen = self._answer_labels(answer)
+        scores = None
+        if "logprobs" in params:
+            lp = choices[0].get("logprobs")
+            scores = self._logprob_scores(_Completion([_Choice(lp)]))
+        source = "logprobs"
+        if scores is None:  # one answer, no logprobs: a single vote
+            source = "votes"
+            scores = {c: float(c in chosen) for c in self._choices()}
+        u = response.get("usage") or {}
+        prompt_tokens = int(u.get("prompt_tokens") or 0)
+        completion_tokens = int(u.get("completion_tokens") or 0)
+        usage = Usage(
+            prompt_tokens=prompt_tokens,
+            completion_tokens=completion_tokens,
+            llm_calls=1,
+            cost_usd=self.batch_cost(prompt_tokens, completion_tokens),
+        )
+        record = {
+            "answer": chosen,
+            "scores": scores,
+            "source": source,
+            "raw": content,
+            "usage": usage.model_dump(),
+        }
+        if self.config.cache:
+            self.store.cache_put(key, self.config.model, record)
+        return self._prediction(record, start, cached=False)
+
+    def batch_cost(self, prompt_tokens: int, completion_tokens: int) -> float | None:
+        """USD for tokens answered through the provider's Batch API: litellm's batch prices
+        (``*_cost_per_token_batches``), else half the online price (what OpenAI-compatible
+        providers charge for batches), else None when the model has no known price.
+
+        Example:
+            >>> b.batch_cost(1_000_000, 0)  # gpt-4o-mini: $0.15/M online  # doctest: +SKIP
+            0.075
+        """
+        if self._base_url_provider is not None:
+            return 0.0  # the embedded model is free
+        try:
+            import litellm
+
+            info: Mapping[str, Any] = litellm.get_model_info(model=self.config.model)
+        except Exception:
+            return None
+        inp = info.get("input_cost_per_token_batches")
+        out = info.get("output_cost_per_token_batches")
+        if inp is None or out is None:
+            on_in, on_out = info.get("input_cost_per_token"), info.get("output_cost_per_token")
+            if on_in is None or on_out is None:
+                return None
+            inp, out = float(on_in) / 2, float(on_out) / 2
+        return float(inp) * prompt_tokens + float(out) * completion_tokens
 
     def _vote_scores(
         self,

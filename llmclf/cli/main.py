@@ -44,6 +44,7 @@ COMMAND_MODULES = (
     "llmclf.cli.runs",
     "llmclf.cli.report",
     "llmclf.cli.distill",
+    "llmclf.cli.label",
     "llmclf.cli.review",
     "llmclf.cli.serve",
 )

@@ -3,6 +3,9 @@
 It answers ``POST /v1/chat/completions`` with labels chosen by substring rules, emits token
 logprobs for them, and plays scripted faults: HTTP errors (429 with Retry-After, 500, 503),
 delays, dropped connections, invalid JSON, labels outside the set and empty ``choices``.
+It also serves the OpenAI Files and Batches API (``/v1/files``, ``/v1/batches``), answering a
+batch's lines with the same logic after a scripted number of polls (`fake.batches`,
+`llmclf.testing.fake_batches.BatchScript`).
 
 Example:
     >>> with FakeProvider(rules={"loved": "positive"}, default="negative") as fake:
@@ -21,6 +24,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from llmclf.testing.fake_batches import BatchScript, FakeBatchAPI
 
 Answer = str | list[str]
 
@@ -83,6 +88,8 @@ class FakeProvider:
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self.fault_counts: dict[str, int] = {}
+        #: the Files/Batches API (``fake.batches.script(BatchScript(...))``, ``.created``)
+        self.batches = FakeBatchAPI(answer=self.answer_body, default_script=BatchScript())
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> FakeProvider:
@@ -94,7 +101,25 @@ class FakeProvider:
             def log_message(self, *args: Any) -> None:
                 pass
 
+            def _batch_api(self, method: str, raw: bytes) -> bool:
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                routed = provider.batches.handle(method, self.path, headers, raw)
+                if routed is None:
+                    return False
+                status, payload = routed
+                if isinstance(payload, bytes):
+                    self.send_response(status)
+                    self.send_header("content-type", "application/octet-stream")
+                    self.send_header("content-length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                else:
+                    self._send(status, payload)
+                return True
+
             def do_GET(self) -> None:
+                if self._batch_api("GET", b""):
+                    return
                 if self.path.rstrip("/").endswith("/models"):
                     self._send(200, {"object": "list", "data": [{"id": "fake", "object": "model"}]})
                 else:
@@ -103,6 +128,8 @@ class FakeProvider:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length") or 0)
                 raw = self.rfile.read(length)
+                if self._batch_api("POST", raw):
+                    return
                 try:
                     body = json.loads(raw or b"{}")
                 except ValueError:
@@ -241,13 +268,17 @@ class FakeProvider:
             if fault.kind == "raw":
                 handler._send(200, self._envelope([self._choice(fault.content, None)], body))
                 return
+        handler._send(200, self.answer_body(body))
+
+    def answer_body(self, body: dict[str, Any]) -> dict[str, Any]:
+        """The chat-completion body that answers one request body (no faults)."""
         choices, multi = self.schema_of(body)
         answer = self.answer_for(self.text_of(body), choices, multi)
         content = json.dumps({"labels": answer} if multi else {"label": answer[0]})
         lp = None
         if self.logprobs and body.get("logprobs"):
             lp = self._logprobs(answer, choices, multi)
-        handler._send(200, self._envelope([self._choice(content, lp)], body))
+        return self._envelope([self._choice(content, lp)], body)
 
     def _logprobs(self, answer: list[str], choices: list[str], multi: bool) -> dict[str, Any]:
         others = [c for c in choices if c not in answer[:1]] or ["?"]
