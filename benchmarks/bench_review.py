@@ -30,6 +30,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import statistics
 import sys
@@ -92,11 +93,27 @@ def learning(args: argparse.Namespace) -> dict[str, Any]:
     teacher_s = time.perf_counter() - t0
     pool = _rows(SST2 / "validation.jsonl")[: args.n_pool]
     test = _rows(SST2 / "test.jsonl")
-    body, _ = _load_body(None)
     t0 = time.perf_counter()
-    e_unl = _encode(body, texts)
-    e_pool = _encode(body, [r["text"] for r in pool])
-    e_test = _encode(body, [r["text"] for r in test])
+    body: list[Any] = []
+
+    def embed(name: str, items: list[str]) -> np.ndarray:
+        """The frozen body's embeddings, cached under $LLMCLF_HOME by the texts' hash."""
+        from llmclf.paths import home
+
+        key = hashlib.sha256("\0".join(items).encode()).hexdigest()[:16]
+        cache = home() / "bench-review" / f"{name}-{key}.npy"
+        if cache.exists():
+            return np.load(cache)
+        if not body:
+            body.append(_load_body(None)[0])
+        vecs = _encode(body[0], items)
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        np.save(cache, vecs)
+        return vecs
+
+    e_unl = embed("unlabeled", texts)
+    e_pool = embed("pool", [r["text"] for r in pool])
+    e_test = embed("test", [r["text"] for r in test])
     embed_s = time.perf_counter() - t0
     gold_test = [r["label"] for r in test]
     unl_gold = {r["text"]: r["label"] for r in _rows(SST2 / "train.jsonl")}
@@ -105,6 +122,7 @@ def learning(args: argparse.Namespace) -> dict[str, Any]:
     results: dict[str, list[float]] = {"teacher only": [], "random": [], "threshold": [],
                                        "suggest": []}  # fmt: skip
     picked_wrong: dict[str, list[float]] = {k: [] for k in ("random", "threshold", "suggest")}
+    diag: list[dict[str, Any]] = []
     for seed in args.seeds:
         head, c = fit_head(e_unl, labels, task, seed=seed)
         results["teacher only"].append(accuracy(head, e_test, gold_test, names))
@@ -120,6 +138,10 @@ def learning(args: argparse.Namespace) -> dict[str, Any]:
                 thr.append(int(i))
         picks["threshold"] = thr
         picks["suggest"] = suggest(scores, e_pool, args.n_human)
+        below = int((scores.max(1) < args.threshold).sum())
+        diag.append({"seed": seed, "head_c": c, "pool_below_threshold": below,
+                     "threshold_overlap_with_random": len(set(thr) & set(picks["random"])),
+                     "suggest_overlap_with_threshold": len(set(picks["suggest"]) & set(thr))})
         for way, idx in picks.items():
             x = np.concatenate([e_unl, e_pool[idx]])
             y = labels + [[pool[i]["label"]] for i in idx]
@@ -140,6 +162,7 @@ def learning(args: argparse.Namespace) -> dict[str, Any]:
         "embed_seconds": round(embed_s, 1),
         "accuracy": {k: [round(v, 4) for v in vs] for k, vs in results.items()},
         "mean": {k: round(statistics.mean(vs), 4) for k, vs in results.items()},
+        "diagnostics": diag,
         "student_wrong_on_picks": {k: round(statistics.mean(v), 3)
                                    for k, v in picked_wrong.items()},
     }

@@ -89,6 +89,9 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(
                 codes = list(pool.map(ask, range(60)))  # each request id twice
             assert codes == [200] * 60
             scrapes = [httpx.get(url + "/metrics").text for _ in range(8)]
+            # the review page's API, whichever worker answers, reads the one shared queue
+            queued = [len(httpx.get(url + "/v1/review/items", params={"limit": 1000},
+                                    timeout=60).json()["items"]) for _ in range(4)]  # fmt: skip
             assert _workers(proc.pid) == workers  # none was replaced
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -103,6 +106,7 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(
     # idempotent by request id across workers: each id once
     ids = sorted(r[0] for r in store._read("SELECT request_id FROM review"))
     assert ids == sorted([f"req-{i}" for i in range(30)] + [f"warm-{i}" for i in range(warm)])
+    assert queued == [len(ids)] * 4
     assert store.cache_count() == len(TEXTS) + 1  # one row per key, whichever worker wrote it
     assert store.integrity_check() == "ok"
     assert "starting 2 workers" in err

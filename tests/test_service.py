@@ -420,7 +420,8 @@ def test_llmclf_serve_cli(tmp_path: Path, llm: FakeProvider) -> None:
         cfg.write_text(
             "task: sst2\nbackends:\n"
             f"  student: '{student.spec()}'\n  llm: '{llm.spec()}'\n"
-            "cascade: {student: student, escalate_to: llm, threshold: 0.9}\n",
+            "cascade: {student: student, escalate_to: llm, threshold: 0.9}\n"
+            "review: {threshold: 0.99}\n",
             encoding="utf-8",
         )
         port = free_port()
@@ -436,12 +437,23 @@ def test_llmclf_serve_cli(tmp_path: Path, llm: FakeProvider) -> None:
             denied = httpx.post(url + "/v1/classify", json={"text": "hi"})
             ok = httpx.post(url + "/v1/classify", json={"text": "hi"},
                             headers={"X-API-Key": "cli-secret"})
+            # the review page and its API, under the same key, on the router's queue
+            page = httpx.get(url + "/review")
+            review_denied = httpx.get(url + "/v1/review/items")
+            deadline = time.monotonic() + 30
+            items: list = []
+            while not items and time.monotonic() < deadline:
+                items = httpx.get(url + "/v1/review/items",
+                                  headers={"X-API-Key": "cli-secret"}).json()["items"]
         finally:
             proc.terminate()
             _, err = proc.communicate(timeout=30)
     assert denied.status_code == 401
     assert ok.status_code == 200
     assert ok.json()["prediction"]["route_reason"] == "student confident 0.95>=0.90"
+    assert page.status_code == 200 and "llmclf review" in page.text
+    assert review_denied.status_code == 401
+    assert [it["text"] for it in items] == ["hi"]
     assert f"serving sst2 on http://127.0.0.1:{port}" in err
     assert "cli-secret" not in err
 

@@ -113,7 +113,9 @@ def serve(
             routers.append(Router.from_yaml(path, store=st))
         review_store = next(
             (r.review_store for r in routers if r.review_store is not None), None
-        ) or (st if st is not None else open_store())
+        )
+        if review_store is None:
+            review_store = st if st is not None else open_store()
         app = create_app(routers, settings, review_store=review_store)
     except BaseException:
         for r in routers:

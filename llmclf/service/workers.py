@@ -80,7 +80,16 @@ def create_worker_app() -> Any:
     try:
         for path in spec.routers:
             routers.append(Router.from_yaml(path))
-        return create_app(routers, settings)
+        # the review page on the routers' queue (decisions are one transaction each: workers
+        # sharing the store record one decision per item)
+        review_store = next(
+            (r.review_store for r in routers if r.review_store is not None), None
+        )
+        if review_store is None:
+            from llmclf.store import open_store
+
+            review_store = open_store()
+        return create_app(routers, settings, review_store=review_store)
     except BaseException:
         for r in routers:
             r.close()
