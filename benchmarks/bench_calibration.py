@@ -9,6 +9,10 @@ markdown table: accuracy, ECE and Brier before -> after.
 
     .venv/bin/python benchmarks/bench_calibration.py [--limit 200] [--sets sst2,trec]
 
+With ``--student N`` it also trains a head-only SetFit student (MiniLM body, logistic head) on
+the first N gold rows of SST-2's train split, calibrates it the same way (platt, temperature)
+and reports it; ``--student 0`` skips it.
+
 Set ``LLMCLF_HOME`` to reuse the response cache between runs (default: a fresh temp dir).
 """
 
@@ -34,6 +38,9 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=200, help="cases of sst2")
     ap.add_argument("--small-limit", type=int, default=60, help="cases of the other sets")
     ap.add_argument("--sets", default="sst2,sms_spam,ag_news,trec")
+    ap.add_argument("--spec", default="llm:local?timeout_s=300", help="the llm:local spec")
+    ap.add_argument("--student", type=int, default=400, help="gold train rows of the student")
+    ap.add_argument("--no-llm", action="store_true", help="only the student")
     args = ap.parse_args()
     os.environ.setdefault("LLMCLF_HOME", tempfile.mkdtemp(prefix="llmclf-bench-"))
 
@@ -50,31 +57,62 @@ def main() -> None:
             return "-"
         return f"{before:.3f} → {after:.3f}"
 
+    def run(es, spec: str, prompt: str | None, method: str, limit: int, shown: str) -> None:  # type: ignore[no-untyped-def]
+        # labelled methods: both folds (fit on hash half 0, report on half 1, and back)
+        folds = [("all cases", "half")] if method == "contextual" else [
+            ("half 0 → 1", "half"), ("half 1 → 0", "other-half"),
+        ]  # fmt: skip
+        for fold, split in folds:
+            t0 = time.perf_counter()
+            try:
+                rep = calibrate(
+                    es, spec, method=method, prompt=prompt, limit=limit,  # type: ignore[arg-type]
+                    split=split, save=False, progress=False,
+                )  # fmt: skip
+            except ConfigError as exc:
+                print(f"{es.name} {shown} {method}: {exc}", flush=True)
+                continue
+            b, a = rep.before, rep.after
+            fitted = "content-free" if method == "contextual" else f"{rep.fit_cases} ({fold})"
+            row = (
+                f"| {es.name} | {shown} | {method} | {fitted} | "
+                f"{rep.report_cases} | {f(b['accuracy'], a['accuracy'])} | "
+                f"{f(b['ece'], a['ece'])} | {f(b['brier'], a['brier'])} |"
+            )
+            rows.append(row)
+            print(row, f"({time.perf_counter() - t0:.0f}s)", flush=True)
+
+    if args.student:
+        import json
+        from pathlib import Path
+
+        from llmclf.distill import save_student, train_student
+
+        es = load_eval_set("sst2")
+        train = Path("/work/shared/datasets/sst2/train.jsonl")
+        if not train.exists():
+            train = es.dir / "pool.jsonl"
+        rows_ = [json.loads(x) for x in train.read_text().splitlines() if x.strip()]
+        rows_ = rows_[: args.student]
+        student = train_student(
+            [r["text"] for r in rows_], [[r["label"]] for r in rows_], es.task,
+            mode="head-only",
+        )  # fmt: skip
+        d = Path(tempfile.mkdtemp(prefix="llmclf-bench-student-")) / "sst2"
+        save_student(student, es.task, d)
+        shown = f"head-only student ({len(rows_)} gold train rows)"
+        for method in ("platt", "temperature", "isotonic"):
+            run(es, f"setfit:{d}", None, method, args.limit, shown)
+
     try:
-        for name, prompt, methods in PLAN:
+        for name, prompt, methods in PLAN if not args.no_llm else []:
             if name not in wanted:
                 continue
             es = load_eval_set(name)
             limit = args.limit if name == "sst2" else args.small_limit
             shown_prompt = prompt or f"{es.task.prompt} (task default)"
             for method in methods:
-                t0 = time.perf_counter()
-                try:
-                    rep = calibrate(
-                        es, "llm:local", method=method, prompt=prompt, limit=limit,  # type: ignore[arg-type]
-                        save=False, progress=False,
-                    )  # fmt: skip
-                except ConfigError as exc:
-                    print(f"{name} {shown_prompt} {method}: {exc}", flush=True)
-                    continue
-                b, a = rep.before, rep.after
-                row = (
-                    f"| {name} | {shown_prompt} | {method} | {rep.fit_cases} | "
-                    f"{rep.report_cases} | {f(b['accuracy'], a['accuracy'])} | "
-                    f"{f(b['ece'], a['ece'])} | {f(b['brier'], a['brier'])} |"
-                )
-                rows.append(row)
-                print(row, f"({time.perf_counter() - t0:.0f}s)", flush=True)
+                run(es, args.spec, prompt, method, limit, shown_prompt)
     finally:
         LocalServer.shared().stop()
 

@@ -14,6 +14,10 @@ Two modes:
 
 Which backend answered is read from ``/metrics`` before and after each phase.
 
+``--workers 1 2`` runs the load phases once per worker count (``llmclf serve --workers N``) and
+prints each setup's texts/s, p50 and p99 with its ratio to the first; ``--db URL`` serves on
+that store, ``--temp-postgres`` on a throwaway PostgreSQL server (`TempPostgres`).
+
 ``--mode quality``: on the router task's eval set, the student and the escalation LLM each
 label every case once (the LLM through its cache); prints the accuracy vs escalation-rate curve
 over thresholds with the router's operating point marked, then routes the eval set through the
@@ -22,11 +26,13 @@ router itself: accuracy vs the LLM alone, share answered by the student, LLM cal
 Example:
     $ python benchmarks/bench_service.py --router router.yaml --duration 60
     $ python benchmarks/bench_service.py --router router.yaml --mode quality
+    $ python benchmarks/bench_service.py --router router.yaml --workers 1 2 --duration 30
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -224,7 +230,7 @@ def fmt(r: dict[str, Any]) -> str:
 
 
 # -- load mode ------------------------------------------------------------------------------------
-def bench_load(args: argparse.Namespace) -> dict[str, Any]:
+def bench_load(args: argparse.Namespace, workers: int = 1) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     from llmclf.router import Router
@@ -239,6 +245,9 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
     serve_args = ["--log-level", "warning", "--max-in-flight", str(args.max_in_flight)]
     if args.no_microbatch:
         serve_args.append("--no-microbatch")
+    serve_args += ["--workers", str(workers)]
+    if args.db:
+        serve_args += ["--db", args.db]
     svc = ServiceProcess(args.router, serve_args, work / "service.log")
     try:
         svc.wait(args.startup_timeout)
@@ -263,8 +272,9 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
             if student_name is not None:
                 c.post("/v1/classify", json={"text": pool[0] + " (warm-up)",
                                              "hints": {"min_confidence": 1.0}})
-        print(f"service on {svc.url}; {len(student_texts)}/{len(pool)} texts answered by the "
-              f"student; {args.connections} connections, {args.duration:.0f} s per phase")
+        print(f"service on {svc.url} ({workers} worker(s)); {len(student_texts)}/{len(pool)} "
+              f"texts answered by the student; {args.connections} connections, "
+              f"{args.duration:.0f} s per phase")
         student_lua = work / "student.lua"
         write_lua(student_lua, student_texts, unique=False, hints=None)
         esc_lua = work / "escalate.lua"
@@ -282,6 +292,7 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
 
         result: dict[str, Any] = {
             "router": args.router,
+            "workers": workers,
             "connections": args.connections,
             "duration_s": args.duration,
             "student_alone": alone,
@@ -435,13 +446,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--startup-timeout", type=float, default=300.0)
     ap.add_argument("--json-out", help="also write the results as JSON here")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (Lua scripts, log)")
+    ap.add_argument("--workers", type=int, nargs="+", default=[1],
+                    help="serve with each of these worker counts in turn (e.g. 1 2)")
+    ap.add_argument("--db", help="store URL the service uses (default: its $LLMCLF_HOME)")
+    ap.add_argument("--temp-postgres", action="store_true",
+                    help="serve on a throwaway PostgreSQL server (Debian postgresql)")
     args = ap.parse_args(argv)
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     results: dict[str, Any] = {}
     if args.mode in ("quality", "all"):
         results["quality"] = bench_quality(args)
     if args.mode in ("load", "all"):
-        results["load"] = bench_load(args)
+        with contextlib.ExitStack() as stack:
+            if args.temp_postgres:
+                from llmclf.testing.postgres import TempPostgres
+
+                pg = stack.enter_context(TempPostgres())
+                args.db = pg.create_database("bench")
+            runs = [bench_load(args, workers=w) for w in args.workers]
+        results["load"] = runs[0] if len(runs) == 1 else runs
+        if len(runs) > 1:
+            base = runs[0]["student_alone"]["texts_per_s"]
+            store = "postgresql" if (args.db or "").startswith("postgres") else "sqlite"
+            print(f"\nstudent alone by workers (store: {store})")
+            for r in runs:
+                a = r["student_alone"]
+                ratio = a["texts_per_s"] / base if base else math.nan
+                print(f"  {r['workers']} worker(s): {fmt(a)}  {ratio:.2f}x texts/s of "
+                      f"{runs[0]['workers']} worker(s)")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0

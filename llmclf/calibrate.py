@@ -5,7 +5,8 @@ one `llmclf.calibration` method on the first, and measures accuracy, ECE and Bri
 and after on the second, which it never fits on. Where the fitting cases come from:
 
 - ``split="half"`` (default): the eval set's cases whose id hashes to half 0
-  (`llmclf.metrics.split_half`); the report is on half 1;
+  (`llmclf.metrics.split_half`); the report is on half 1 (``"other-half"``: the other way
+  round, for a second fold);
 - ``split="pool"``: the eval set's labelled ``pool.jsonl``; the report is on every case;
 - ``calibration_file=PATH``: labelled cases in any format `llmclf.datasets.load_cases` reads;
   the report is on every case;
@@ -37,6 +38,7 @@ from llmclf.calibration import (
     CONTENT_FREE_INPUTS,
     STUDENT_FILE,
     Calibration,
+    Calibrator,
     calibration_path,
     fit,
     fit_contextual,
@@ -52,9 +54,9 @@ from llmclf.specs import parse_spec
 from llmclf.store import Store
 from llmclf.types import CalibrationMethod, Prediction, Task
 
-__all__ = ["CalibrationReport", "calibrate", "score_quality"]
+__all__ = ["CalibrationReport", "calibrate", "calibrate_backend", "score_quality"]
 
-SPLITS = ("half", "pool")
+SPLITS = ("half", "other-half", "pool")
 
 
 @dataclass
@@ -141,6 +143,22 @@ def _gold(task: Task, cases: Sequence[Case]) -> np.ndarray:
     return np.array([names.index(c.labels[0]) for c in cases], dtype=int)
 
 
+def _calibrated_threshold(
+    task: Task, method: str, cal_map: Calibrator, raw_threshold: float
+) -> float:
+    """The binary decision threshold on calibrated scores: 0.5 (they are probabilities) after
+    a method that learns the label bias (platt, isotonic, contextual); after temperature
+    scaling, which keeps the bias, the backend's raw threshold (the task's for an LLM, the
+    head's for a student) carried through the calibrator, so that no decision changes."""
+    if task.kind != "binary" or method != "temperature" or raw_threshold == 0.5:
+        return 0.5
+    assert task.positive_label is not None
+    pos = task.label_names.index(task.positive_label)
+    row = np.full((1, 2), 1.0 - raw_threshold)
+    row[0, pos] = raw_threshold
+    return round(float(cal_map.apply(row)[0, pos]), 6)
+
+
 def calibrate(
     eval_set: EvalSet,
     backend: str,
@@ -192,9 +210,10 @@ def calibrate(
         report_cases = cases
         where = f"{eval_set.pool_path}"
     else:
-        fit_cases = [c for c in cases if split_half(c.id) == 0]
-        report_cases = [c for c in cases if split_half(c.id) == 1]
-        where = f"eval set {eval_set.name}, hash half 0 of {len(cases)} cases"
+        half = 0 if split == "half" else 1
+        fit_cases = [c for c in cases if split_half(c.id) == half]
+        report_cases = [c for c in cases if split_half(c.id) != half]
+        where = f"eval set {eval_set.name}, hash half {half} of {len(cases)} cases"
     fit_ids = {c.text for c in fit_cases}
     overlap = sum(c.text in fit_ids for c in report_cases)
     if overlap:
@@ -204,15 +223,53 @@ def calibrate(
 
     b = make_backend(backend, task, store=store, **options)
     try:
-        template = getattr(b, "template", None)
-        prompt_id: str | None = getattr(template, "id", None)
-        if method == "contextual":
-            fit_preds = _ask(b, list(CONTENT_FREE_INPUTS), "content-free", progress)
-        else:
-            fit_preds = _ask(b, [c.text for c in fit_cases], "fit", progress)
-        rep_preds = _ask(b, [c.text for c in report_cases], "report", progress)
+        rep = calibrate_backend(
+            b, fit_cases, report_cases, method=method, where=where, spec=redact_spec(backend),
+            progress=progress,
+        )  # fmt: skip
     finally:
         b.close()
+    rep.notes[:0] = notes
+    if save:
+        cal = rep.calibration
+        if kind == "setfit":
+            rep.path = save_calibration(cal, Path(target) / STUDENT_FILE)
+        else:
+            rep.path = save_calibration(cal, calibration_path(b.name, cal.prompt_id, b.task))
+    return rep
+
+
+def calibrate_backend(
+    backend: Backend,
+    fit_cases: Sequence[Case],
+    report_cases: Sequence[Case],
+    *,
+    method: CalibrationMethod = "platt",
+    where: str = "",
+    spec: str | None = None,
+    progress: bool = False,
+) -> CalibrationReport:
+    """Fit ``method`` on ``backend``'s raw answers to ``fit_cases`` (ignored by ``contextual``,
+    which asks the content-free inputs) and measure it on ``report_cases``; saves nothing.
+    ``backend`` must answer uncalibrated (``calibration=off``). `calibrate` and distill's
+    calibrate stage use it.
+
+    Example:
+        >>> rep = calibrate_backend(student, held_out, eval_cases, method="platt")  # doctest: +SKIP
+        >>> save_calibration(rep.calibration, model_dir / "calibration.json")      # doctest: +SKIP
+    """
+    if backend.calibration is not None:
+        raise ConfigError(f"{backend.name} is already calibrated: build it with calibration=off")
+    task = backend.task
+    notes: list[str] = []
+    template = getattr(backend, "template", None)
+    prompt_id: str | None = getattr(template, "id", None)
+    if method == "contextual":
+        fit_cases = []
+        fit_preds = _ask(backend, list(CONTENT_FREE_INPUTS), "content-free", progress)
+    else:
+        fit_preds = _ask(backend, [c.text for c in fit_cases], "fit", progress)
+    rep_preds = _ask(backend, [c.text for c in report_cases], "report", progress)
 
     errors = sum(isinstance(p, BackendError) for p in [*fit_preds, *rep_preds])
     fit_ok = [(c, p) for c, p in zip(fit_cases or fit_preds, fit_preds, strict=True)
@@ -244,38 +301,36 @@ def calibrate(
     raw = _matrix(task, [p for _, p in rep_ok])
     cal_scores = cal_map.apply(raw)
     before = score_quality(task, raw, [p.labels for _, p in rep_ok], golds)
+    # the threshold the backend decided its raw answers at (answers carry one other than 0.5)
+    carried = [p.threshold for _, p in rep_ok if p.threshold is not None]
+    raw_threshold = max(set(carried), key=carried.count) if carried else 0.5
+    threshold = _calibrated_threshold(task, method, cal_map, raw_threshold)
     after_labels = [
-        decide(task, dict(zip(task.label_names, row, strict=True)), threshold=0.5).labels
+        decide(task, dict(zip(task.label_names, row, strict=True)), threshold=threshold).labels
         for row in cal_scores
     ]
     after = score_quality(task, cal_scores, after_labels, golds)
-    spec = redact_spec(backend)
     cal = Calibration(
         method=method,
         kind=task.kind,
         labels=task.label_names,
         params=cal_map.params,
-        backend=b.name,
+        threshold=threshold,
+        backend=backend.name,
         prompt_id=prompt_id,
         task=task.name,
         task_fingerprint=task.fingerprint(),
         score_source=source,  # type: ignore[arg-type]
-        fitted_on={"source": where, "cases": len(fit_ok), "spec": spec},
+        fitted_on={"source": where, "cases": len(fit_ok), "spec": spec or backend.name},
         metrics={
             "report_cases": len(rep_ok),
             "before": {k: v for k, v in before.items() if k != "reliability"},
             "after": {k: v for k, v in after.items() if k != "reliability"},
         },
     )
-    path: Path | None = None
-    if save:
-        if kind == "setfit":
-            path = save_calibration(cal, Path(target) / STUDENT_FILE)
-        else:
-            path = save_calibration(cal, calibration_path(b.name, prompt_id, task))
     return CalibrationReport(
         calibration=cal,
-        path=path,
+        path=None,
         fit_cases=len(fit_ok),
         report_cases=len(rep_ok),
         before=before,

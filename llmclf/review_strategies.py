@@ -179,7 +179,7 @@ class ReviewGate:
         if self._day == day:
             return
         self._day, self._used, self._per_label = day, 0, {}
-        if self.history is not None:
+        if self.history is not None and (self.budget is not None or self.quotas):
             for labs in self.history(day):
                 self._count(labs)
 

@@ -144,6 +144,9 @@ MIGRATIONS: list[tuple[str, str]] = [
 
 #: What a person can do with a review item: give gold labels, or skip it.
 REVIEW_ACTIONS = ("labelled", "skipped")
+_DECISION_SQL = (
+    "SELECT id, review_id, task, action, gold, reviewer, decided, undone FROM review_decisions"
+)
 
 
 def _dumps(obj: Any) -> str:
@@ -419,6 +422,7 @@ class Store:
     def review_add(
         self, task: str, text: str, prediction: dict[str, Any], request_id: str | None = None
     ) -> int:
+        """Queue one row; its id, or 0 when ``request_id`` was queued already."""
         with self._tx() as conn:
             row = conn.execute(
                 "INSERT INTO review (request_id, created, task, text, prediction)"
@@ -576,7 +580,7 @@ class Store:
         return decision
 
     def _conflict(
-        self, conn: sqlite3.Connection, review_id: int, status: str, decision_id: str | None
+        self, conn: Any, review_id: int, status: str, decision_id: str | None
     ) -> ReviewConflict:
         current = self._decision(conn, decision_id) if decision_id else None
         if current is None:
@@ -597,14 +601,16 @@ class Store:
         )
 
     @staticmethod
-    def _decision(conn: sqlite3.Connection, decision_id: str) -> dict[str, Any] | None:
+    def _decision(conn: Any, decision_id: str) -> dict[str, Any] | None:
+        """One decision, read in the transaction ``conn`` (a `llmclf.storage.base.Tx`)."""
         r = conn.execute(
-            "SELECT id, review_id, task, action, gold, reviewer, decided, undone"
-            " FROM review_decisions WHERE id = ?",
+            _DECISION_SQL + " WHERE id = ?",
             (decision_id,),
         ).fetchone()
-        if r is None:
-            return None
+        return Store._decision_dict(r) if r is not None else None
+
+    @staticmethod
+    def _decision_dict(r: Any) -> dict[str, Any]:
         return {
             "id": r[0],
             "review_id": r[1],
@@ -650,17 +656,10 @@ class Store:
 
     def review_decisions(self, review_id: int) -> list[dict[str, Any]]:
         """Every decision made on a row, oldest first (undone ones included)."""
-        ids = self._read(
-            "SELECT id FROM review_decisions WHERE review_id = ? ORDER BY decided, id",
-            (review_id,),
+        rows = self._read(
+            _DECISION_SQL + " WHERE review_id = ? ORDER BY decided, id", (review_id,)
         )
-        out = []
-        with self._tx() as conn:
-            for (did,) in ids:
-                d = self._decision(conn, did)
-                if d is not None:
-                    out.append(d)
-        return out
+        return [self._decision_dict(r) for r in rows]
 
     def review_counts(self, task: str | None = None) -> dict[str, int]:
         """Rows per status (``pending``, ``labelled``, ``skipped``), for one task or all."""

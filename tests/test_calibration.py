@@ -418,3 +418,76 @@ def test_eval_reports_ece_before_and_after_calibration(tmp_path: Path) -> None:
     assert 'id="reliability-raw"' not in render_html(raw_run)
     diff = compare_runs(raw_run, cal_run)
     assert diff["metrics"]["ece"]["delta"] < -0.1
+
+
+# -- the router's cascade at a target accuracy ----------------------------------------------------
+
+
+def _target_router(student: FakeProvider, llm: FakeProvider, task: Task, target: float):  # type: ignore[no-untyped-def]
+    from llmclf.router import Router
+
+    cfg = {
+        "backends": {
+            "student": {"spec": student.spec(), "options": {"max_retries": 0}},
+            "llm": {"spec": llm.spec(), "options": {"max_retries": 0}},
+        },
+        "cascade": {"student": "student", "escalate_to": "llm", "target_accuracy": target},
+    }
+    return Router.from_config(cfg, task=task)
+
+
+def test_cascade_target_accuracy_is_a_threshold_on_the_calibrated_score() -> None:
+    from llmclf.errors import TaskFileError
+
+    task = _sentiment()
+    with (
+        FakeProvider(default="positive", confidence=0.9) as student,
+        FakeProvider(default="negative") as llm,
+    ):
+        with pytest.raises(TaskFileError) as err:
+            _target_router(student, llm, task, 0.8)
+        assert err.value.field == "cascade.target_accuracy"
+        assert "llmclf calibrate" in str(err.value)
+
+        # calibrated with T=2, the student's 0.9 is 0.75
+        _store_calibration("llm:openai/fake", PromptTemplate.load(task.prompt).id, task)
+        with _target_router(student, llm, task, 0.7) as router:
+            assert router.thresholds == {"negative": 0.7, "positive": 0.7}
+            assert router.threshold_note is not None and "temperature" in router.threshold_note
+            (p,) = router.predict_batch(["a film"])
+        assert p.route == ("student",) and p.label == "positive"
+        with _target_router(student, llm, task, 0.8) as router:
+            (q,) = router.predict_batch(["a film"])
+        # uncalibrated, 0.9 >= 0.8 would have kept the student's answer
+        assert q.route == ("student", "llm") and q.label == "negative"
+        assert q.route_reason == "escalated: 0.75<0.80"
+
+
+def test_cascade_takes_a_threshold_or_a_target_not_both() -> None:
+    from llmclf.errors import TaskFileError
+    from llmclf.router import Router
+
+    cfg = {
+        "backends": {"a": "llm:local", "b": "llm:local"},
+        "cascade": {"student": "a", "escalate_to": "b", "threshold": 0.8, "target_accuracy": 0.9},
+    }
+    with pytest.raises(TaskFileError, match="not both"):
+        Router.from_config(cfg, task=_sentiment())
+
+
+def test_temperature_on_a_biased_binary_task_carries_its_threshold(tmp_path: Path) -> None:
+    """Temperature scaling keeps the label bias a task threshold corrects: the calibrator's
+    threshold is the task's, carried through it, and no decision changes."""
+    from llmclf.calibrate import calibrate
+    from llmclf.datasets import load_eval_set
+
+    es_dir = _overconfident_eval_set(tmp_path, n=80)
+    task_file = es_dir / "task.yaml"
+    task_file.write_text(task_file.read_text() + "threshold: 0.97\n")
+    es = load_eval_set(es_dir)
+    with FakeProvider(labeler=_seventy_percent, confidence=0.95) as fake:
+        rep = calibrate(es, fake.spec(), method="temperature", progress=False)
+    t = rep.calibration.params["temperature"]
+    z = np.log(0.97 / 0.03) / t
+    assert rep.calibration.threshold == pytest.approx(1 / (1 + np.exp(-z)), abs=1e-5)
+    assert rep.after["accuracy"] == rep.before["accuracy"]

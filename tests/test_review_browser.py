@@ -161,3 +161,44 @@ def test_label_three_by_keyboard_undo_one_and_nothing_planted_runs(
     assert decision["gold"] == undone["prediction"]["labels"] and decision["undone"] is not None
     assert queue.count("review_decisions") == 3
     assert queue.review_counts("sst2") == {"pending": 3, "labelled": 2, "skipped": 0}
+
+
+def test_multilabel_toggles_filters_and_bulk_accept_by_keyboard(browser: Any, store: Store) -> None:
+    tags = {"name": "tags", "kind": "multilabel", "labels": ["joy", "anger", "surprise"]}
+    for text, conf in [("what a day", 0.6), ("so angry", 0.55), ("oh wow", 0.95)]:
+        store.review_add("tags", text, {"labels": ["joy"], "scores": {"joy": conf, "anger": 0.1,
+                         "surprise": 0.3}, "confidence": conf, "route": ["llm"], "task": tags})
+    with Server(create_review_app_for(store)) as srv:
+        d = browser
+        d.get(srv.url + "/review")  # no key needed: the page says so and asks for none
+        wait_text(d, "#counter", "done 0 · left 3")
+        wait_text(d, "#item-text", "what a day")
+        press(d, "1")  # toggle joy on
+        press(d, "3")  # toggle surprise on
+        WebDriverWait(d, 10).until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('.labels button[aria-pressed=true]')]"
+            ".map(b => b.dataset.label).join(',')") == "joy,surprise")
+        press(d, "1")  # and joy off again
+        press(d, "1")  # and on
+        press(d, "\n")
+        wait_text(d, "#status", "labelled joy, surprise")
+        press(d, "x")  # select "so angry"
+        press(d, "j")
+        press(d, "x")  # and "oh wow"
+        press(d, "a")  # accept the model's label for both
+        wait_text(d, "#status", "accepted 2")
+        wait_text(d, "#counter", "done 3 · left 0")
+        # a filter by confidence band, from the keyboard: focus the select, pick, leave it
+        band = d.find_element(By.ID, "f-status")
+        band.send_keys("all")
+        wait_text(d, "#queue", "oh wow")
+        errors = [e for e in d.get_log("browser") if e.get("level") == "SEVERE"]
+        assert errors == [], errors
+    golds = {r["text"]: r["gold"] for r in store.review_list(status="labelled")}
+    assert golds == {"what a day": ["joy", "surprise"], "so angry": ["joy"], "oh wow": ["joy"]}
+
+
+def create_review_app_for(store: Store) -> Any:
+    from llmclf.service.review_api import create_review_app
+
+    return create_review_app(store, ServiceSettings())

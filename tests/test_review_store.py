@@ -1,5 +1,6 @@
 """Review decisions in the store (migration 005): decide, undo, get, counts; one decision per
-item when two people label it at once; an old store upgrades with its rows kept."""
+item when two people label it at once; an old store upgrades with its rows kept. The suite runs
+on SQLite and on a real PostgreSQL (``db_url``)."""
 
 from __future__ import annotations
 
@@ -13,11 +14,18 @@ from llmclf.errors import ReviewConflict, StoreError
 from llmclf.store import MIGRATIONS, Store
 
 
+@pytest.fixture
+def store(db_url: str) -> Store:
+    """Each test runs on a SQLite file and on a PostgreSQL database (conftest's ``db_url``)."""
+    return Store(db_url)
+
+
 def pred(label: str) -> dict:
     return {"labels": [label], "scores": {label: 0.6}}
 
 
-def test_decide_get_counts_and_undo(store: Store) -> None:
+def test_decide_get_counts_and_undo(db_url: str) -> None:
+    store = Store(db_url)
     a = store.review_add("sst2", "meh", pred("positive"))
     b = store.review_add("sst2", "fine", pred("positive"))
     store.review_add("other", "x", pred("a"))
@@ -46,7 +54,8 @@ def test_decide_get_counts_and_undo(store: Store) -> None:
     assert store.review_get(999) is None
 
 
-def test_a_second_decision_on_one_item_is_a_conflict_naming_the_first(store: Store) -> None:
+def test_a_second_decision_on_one_item_is_a_conflict_naming_the_first(db_url: str) -> None:
+    store = Store(db_url)
     rid = store.review_add("sst2", "meh", pred("positive"))
     store.review_decide(rid, "labelled", ["negative"], reviewer="ann")
     with pytest.raises(ReviewConflict) as err:
@@ -62,14 +71,14 @@ def test_a_second_decision_on_one_item_is_a_conflict_naming_the_first(store: Sto
         store.review_decide(rid, "labelled", [])
 
 
-def test_two_people_at_once_end_with_one_recorded_decision(tmp_path: Path) -> None:
-    path = tmp_path / "shared.db"
+def test_two_people_at_once_end_with_one_recorded_decision(db_url: str) -> None:
+    path = db_url
     ids = [Store(path).review_add("sst2", f"text {i}", pred("positive")) for i in range(20)]
     results: dict[str, list[object]] = {"ann": [], "bob": []}
     barrier = threading.Barrier(2)
 
     def person(name: str, label: str) -> None:
-        st = Store(path)  # each person has their own connection, as two servers would
+        st = Store(path)  # each person has their own connections, as two servers would
         barrier.wait()
         for rid in ids:
             try:

@@ -107,6 +107,41 @@ def test_registry_spec_and_classifier(student_dir: Path, sst2_task: Task) -> Non
         make_backend(f"setfit:{student_dir}?temperature=0", sst2_task)
 
 
+def test_a_calibrated_student_applies_its_calibration_json(
+    student_dir: Path, sst2_task: Task, tmp_path: Path
+) -> None:
+    from llmclf.calibrate import calibrate
+    from llmclf.calibration import load_calibration
+    from llmclf.datasets import load_eval_set
+
+    d = tmp_path / "student"
+    shutil.copytree(student_dir, d)
+    rep = calibrate(
+        load_eval_set("sst2"), f"setfit:{d}", method="platt", limit=80, progress=False
+    )
+    assert rep.path == d / "calibration.json" and rep.report_cases > 20
+    cal = load_calibration(d / "calibration.json")
+    assert (cal.method, cal.score_source, cal.prompt_id) == ("platt", "model", None)
+    calibrated = SetFitBackend.load(d, task=sst2_task)
+    raw = SetFitBackend.load(d, task=sst2_task, calibration="off")
+    for p, r in zip(calibrated.predict_batch(TEXTS), raw.predict_batch(TEXTS), strict=True):
+        assert p.calibrated and p.score_source == "model+platt"
+        assert p.raw_scores == r.scores and not r.calibrated
+        assert p.scores != r.scores
+        assert sum(p.scores.values()) == pytest.approx(1.0, abs=1e-5)
+        assert p.labels == (max(p.scores, key=lambda k: p.scores[k]),)
+    # router.json's 0.7 was a cut on raw scores: the same cut on the calibrated ones, per label
+    assert raw.escalation_threshold == 0.7
+    esc = calibrated.escalation_threshold
+    assert isinstance(esc, dict)
+    assert esc["positive"] == pytest.approx(
+        cal.apply({"negative": 0.3, "positive": 0.7})["positive"], abs=1e-6
+    )
+    assert esc["negative"] == pytest.approx(
+        cal.apply({"negative": 0.7, "positive": 0.3})["negative"], abs=1e-6
+    )
+
+
 def test_thread_safe(student_dir: Path, sst2_task: Task) -> None:
     backend = SetFitBackend(student_dir, task=sst2_task)
     expected = [p.scores for p in backend.predict_batch(TEXTS)]

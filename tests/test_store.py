@@ -357,3 +357,21 @@ def test_a_writer_killed_with_sigkill_leaves_whole_rows_and_a_sound_store(db_url
     assert store.review_add("t", "again", {}, request_id="k-0") == 0
     store.add_run_case(run_id, "after", 10_000, "pos", {"labels": ["pos"]})
     assert store.count("run_cases") == len(cases) + 1
+
+
+def test_the_store_reconnects_after_postgres_restarts() -> None:
+    """Connections cut by a server restart are replaced; the writes after it land once."""
+    pytest.importorskip("psycopg_pool")
+    from llmclf.testing.postgres import postgres_bin_dir
+
+    if postgres_bin_dir() is None:
+        pytest.skip("PostgreSQL is not installed: apt-get install postgresql")
+    with TempPostgres() as pg:
+        store = Store(pg.create_database("restart"))
+        store.review_add("t", "before", {}, request_id="a")
+        pg.restart()
+        assert store.review_add("t", "after", {}, request_id="b") > 0
+        assert store.review_add("t", "after", {}, request_id="b") == 0
+        assert store.cache_get("missing") is None
+        assert store.count("review") == 2
+        store.close()

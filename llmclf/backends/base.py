@@ -19,10 +19,13 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from llmclf.hooks import Hooks
 from llmclf.types import Prediction, Task
+
+if TYPE_CHECKING:
+    from llmclf.calibration import Calibration
 
 __all__ = ["Backend", "Capabilities", "Hints"]
 
@@ -114,6 +117,9 @@ class Backend(ABC):
     #: The confidence below which a router's cascade should escalate this backend's answers
     #: (one number, or one per label), when calibrated: a distilled student's ``router.json``.
     escalation_threshold: float | dict[str, float] | None = None
+    #: The calibrator applied to this backend's scores (`llmclf.calibration`), if any: its
+    #: answers' confidences are then probabilities of being right.
+    calibration: Calibration | None = None
 
     @property
     def hooks(self) -> Hooks:

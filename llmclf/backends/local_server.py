@@ -120,6 +120,11 @@ class LocalServer:
                 atexit.register(cls._shared.stop)
             return cls._shared
 
+    @classmethod
+    def in_use(cls) -> bool:
+        """Whether this process built a backend on the embedded server (`shared` was called)."""
+        return cls._shared is not None
+
     @property
     def owned(self) -> bool:
         return self._proc is not None

@@ -316,7 +316,9 @@ class SetFitBackend(Backend):
         router_file = self.model_dir / "router.json"
         self.router_config: dict[str, Any] = _read_json(router_file) if router_file.exists() else {}
         esc = self.router_config.get("escalation_threshold")
-        self.escalation_threshold: float | None = float(esc) if esc is not None else None
+        self.escalation_threshold: float | dict[str, float] | None = (
+            float(esc) if esc is not None else None
+        )
         card_file = self.model_dir / "card.json"
         self.card: dict[str, Any] = _read_json(card_file) if card_file.exists() else {}
         body_dir = self.model_dir / "body"
@@ -324,6 +326,30 @@ class SetFitBackend(Backend):
         # the task's label order, as indices into the head's rows
         self._order = [self.labels.index(n) for n in self.task.label_names]
         self.calibration = self._load_calibration(calibration)
+        if (
+            self.calibration is not None
+            and isinstance(self.escalation_threshold, float)
+            and self.router_config.get("scores") != "calibrated"
+        ):
+            self.escalation_threshold = self._calibrated_threshold(self.escalation_threshold)
+
+    def _calibrated_threshold(self, raw: float) -> dict[str, float]:
+        """``router.json``'s threshold was chosen on raw scores: the same cut, per label, on
+        the calibrated scores the backend now answers with (a raw top score of ``raw`` for a
+        label, the rest shared by the other labels)."""
+        assert self.calibration is not None
+        names = self.task.label_names
+        n = len(names)
+        out: dict[str, float] = {}
+        for i, name in enumerate(names):
+            if self.task.is_multilabel:
+                row = np.full((1, n), 0.5)
+                row[0, i] = raw
+            else:
+                row = np.full((1, n), (1.0 - raw) / (n - 1))
+                row[0, i] = raw
+            out[name] = round(float(self.calibration.apply_matrix(row)[0, i]), 6)
+        return out
 
     def _load_calibration(self, choice: str) -> Calibration | None:
         """``auto``: the model directory's ``calibration.json`` when present; ``off``; or a path."""
@@ -448,8 +474,23 @@ class SetFitBackend(Backend):
         return decide(self.task, scores, threshold=self._decision_threshold(calibrated)).labels
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
+        return self.predict_and_embed(texts)[0]
+
+    def predict_and_embed(self, texts: Sequence[str]) -> tuple[list[Prediction], np.ndarray]:
+        """The predictions for ``texts`` and the body's embeddings they came from (one pass;
+        ``llmclf review suggest`` needs both).
+
+        Example:
+            >>> preds, emb = SetFitBackend.load("models/sst2").predict_and_embed(["fine"])
+            ... # doctest: +SKIP
+        """
         start = time.perf_counter()
-        matrix = self.score_matrix(texts)
+        if texts:
+            emb = self.embed(texts)
+            matrix = self.head.scores(emb)[:, self._order]
+        else:
+            emb = np.zeros((0, 0))
+            matrix = np.zeros((0, len(self.labels)))
         # every text of a batch waited for the whole batch
         elapsed_ms = (time.perf_counter() - start) * 1000
         out = []
@@ -476,4 +517,4 @@ class SetFitBackend(Backend):
                     threshold=self._shown_threshold(calibrated is not None),
                 )
             )
-        return out
+        return out, emb

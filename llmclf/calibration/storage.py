@@ -55,8 +55,10 @@ class CalibrationWarning(UserWarning):
 class Calibration(BaseModel):
     """A fitted calibrator with what it was fitted for; the JSON file's schema.
 
-    ``threshold`` is the binary/multi-label decision threshold on the calibrated scores (0.5:
-    they are probabilities); it replaces the task's own threshold, which was set on raw scores.
+    ``threshold`` is the binary/multi-label decision threshold on the calibrated scores; it
+    replaces the task's own threshold, which was set on raw scores: 0.5 (calibrated scores are
+    probabilities) after a method that learns the label bias, and after temperature scaling
+    (which keeps it) the task's threshold carried through the calibrator.
     ``metrics`` holds what was measured on held-out cases when it was fitted.
     """
 

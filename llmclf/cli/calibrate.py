@@ -49,7 +49,8 @@ def calibrate_command(
         typer.Option(
             "--split",
             help="Where the fitting cases come from: 'half' (hash half 0 of the eval set; the "
-            "report is on half 1) or 'pool' (the set's pool.jsonl; the report is on all cases).",
+            "report is on half 1), 'other-half' (the other way round) or 'pool' (the set's "
+            "pool.jsonl; the report is on all cases).",
         ),
     ] = "half",
     calibration_file: Annotated[

@@ -4,6 +4,8 @@ Example:
     $ llmclf review list --task sst2
     $ llmclf review label 7 positive
     $ llmclf review export --task sst2 --out reviewed.jsonl   # gold for the next distill
+    $ llmclf review suggest --task sst2 --unlabeled texts.jsonl --student models/sst2 --k 100
+    $ llmclf review ui --port 8001                             # the review page alone
 """
 
 from __future__ import annotations
@@ -149,6 +151,51 @@ def export(
             f.write(json.dumps(record, ensure_ascii=False) + "\n")
     os.replace(tmp, out)
     typer.echo(f"wrote {len(rows)} labelled rows to {out}")
+
+
+@review_app.command("suggest")
+def suggest_cmd(
+    task: Annotated[str, typer.Option("--task", "-t", help="task.yaml path or eval-set name.")],
+    unlabeled: Annotated[
+        str, typer.Option("--unlabeled", "-u", help="Unlabelled texts: JSONL/CSV/Parquet/text.")
+    ],
+    student: Annotated[Path, typer.Option("--student", help="Distilled student directory.")],
+    k: Annotated[int, typer.Option("--k", "-k", min=1, help="How many texts to pick.")],
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", "-o", help="Write the picks to this JSONL file, not the queue."),
+    ] = None,
+    pool_factor: Annotated[
+        int, typer.Option(min=1, help="Diversity is sought among the k x this most uncertain.")
+    ] = 5,
+    text_field: Annotated[str, typer.Option(help="The field holding the text.")] = "text",
+    store: StoreOpt = None,
+) -> None:
+    """Pick the K unlabelled texts worth a human label (margin + k-center on the student's
+    embeddings) and queue them for review, or write them to --out."""
+    from llmclf.backends.setfit import SetFitBackend
+    from llmclf.cli.common import resolve_task
+    from llmclf.review_suggest import enqueue, suggest_for_review, write_suggestions
+    from llmclf.unlabeled import iter_texts
+
+    the_task = resolve_task(task)
+    items = list(iter_texts(unlabeled, text_field=text_field, skip_empty=True))
+    if not items:
+        raise ConfigError(f"{unlabeled}: no texts")
+    model = SetFitBackend.load(student, task=the_task)
+    picks = suggest_for_review(
+        [it.text for it in items], model, k,
+        ids=[it.id or f"line-{it.line}" for it in items], pool_factor=pool_factor,
+    )  # fmt: skip
+    if out is not None:
+        write_suggestions(picks, the_task, out)
+        typer.echo(f"wrote {len(picks)} suggestions of {len(items)} texts to {out}")
+        return
+    added = enqueue(picks, the_task, _store(store))
+    typer.echo(
+        f"queued {added} of {len(picks)} suggestions ({len(items)} texts; "
+        f"{len(picks) - added} were queued already) for task {the_task.name}"
+    )
 
 
 @review_app.command("ui")

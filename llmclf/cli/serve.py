@@ -2,13 +2,13 @@
 
 Example:
     $ llmclf serve --router router.yaml --port 8000
+    $ llmclf serve --router router.yaml --workers 4 --db postgresql://llmclf@db/llmclf
     $ curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
         -d '{"text": "a gorgeous, witty film"}'
 """
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -16,7 +16,6 @@ from typing import Annotated
 import typer
 
 from llmclf.cli.common import use_db
-from llmclf.errors import ConfigError
 from llmclf.storage.url import ENV_VAR
 
 
@@ -65,6 +64,14 @@ def serve(
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "warning",
+    workers: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="Worker processes sharing the port and the store; /metrics adds them up "
+            "and the embedded LLM server is started once for all.",
+        ),
+    ] = 1,
 ) -> None:
     """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /review, /healthz, /metrics,
     /docs."""
@@ -72,26 +79,33 @@ def serve(
 
     from llmclf.router import Router
     from llmclf.service import ServiceSettings, create_app
+    from llmclf.service.workers import WorkerSpec, api_keys_from_env, run_workers
     from llmclf.store import open_store
 
-    keys: frozenset[str] = frozenset()
-    if api_key_env:
-        raw = os.environ.get(api_key_env, "")
-        keys = frozenset(k.strip() for k in raw.split(",") if k.strip())
-        if not keys:
-            raise ConfigError(f"--api-key-env {api_key_env}: that environment variable is empty")
-    settings = ServiceSettings(
-        api_keys=keys,
-        rate_limit_per_s=rate_limit,
-        rate_burst=rate_burst,
-        max_body_bytes=max_body_bytes,
-        max_batch_size=max_batch,
-        max_in_flight=max_in_flight,
-        microbatch=not no_microbatch,
-        microbatch_wait_ms=batch_wait_ms,
-        microbatch_max=micro_batch,
-    )
+    keys = api_keys_from_env(api_key_env)
+    options = {
+        "rate_limit_per_s": rate_limit,
+        "rate_burst": rate_burst,
+        "max_body_bytes": max_body_bytes,
+        "max_batch_size": max_batch,
+        "max_in_flight": max_in_flight,
+        "microbatch": not no_microbatch,
+        "microbatch_wait_ms": batch_wait_ms,
+        "microbatch_max": micro_batch,
+    }
+    settings = ServiceSettings(api_keys=keys, **options)  # type: ignore[arg-type]
     use_db(store)
+    auth = f"; API key from ${api_key_env}" if keys else ""
+    if workers > 1:
+        typer.echo(
+            f"llmclf: starting {workers} workers for {', '.join(str(p) for p in router)} on "
+            f"http://{host}:{port} (docs at /docs{auth})",
+            err=True,
+        )
+        sys.stderr.flush()
+        spec = WorkerSpec([str(p) for p in router], options, api_key_env)
+        run_workers(spec, workers=workers, host=host, port=port, log_level=log_level)
+        return
     st = open_store(store) if store else None
     routers: list[Router] = []
     try:
@@ -106,11 +120,13 @@ def serve(
             r.close()
         raise
     tasks = ", ".join(r.task.name for r in routers)
-    auth = f"; API key from ${api_key_env}" if keys else ""
     typer.echo(
         f"llmclf: serving {tasks} on http://{host}:{port} (docs at /docs, review page at "
         f"/review{auth})", err=True
     )
+    for r in routers:
+        if r.threshold_note:
+            typer.echo(f"llmclf: {r.task.name}: {r.threshold_note}", err=True)
     sys.stderr.flush()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
 

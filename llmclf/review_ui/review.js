@@ -251,8 +251,11 @@
   function enter() {
     const item = state.items[state.pos];
     if (!item) return;
-    if (taskInfo(item.task).kind === "multilabel" && state.toggled.size) {
-      decide("label", Array.from(state.toggled));
+    const info = taskInfo(item.task);
+    if (info.kind === "multilabel" && state.toggled.size) {
+      // in the task's label order, whatever order they were toggled in
+      const order = info.labels.length ? info.labels : Object.keys(item.scores);
+      decide("label", order.filter((lab) => state.toggled.has(lab)));
     } else {
       decide("accept");
     }

@@ -16,6 +16,8 @@ cascade:
   student: student
   escalate_to: llm
   threshold: 0.8                # or {positive: 0.85, negative: 0.75}; default: the model card's
+  # target_accuracy: 0.9        # instead of threshold: answer from a calibrated student when its
+                                # calibrated probability of being right is at least 0.9
 fallbacks: [llm]
 timeouts: {default: 30000, student: 1000}     # milliseconds
 shadow: {backend: llm, share: 0.02, window: 500, warn_below: 0.85}
@@ -113,6 +115,15 @@ class CascadeConfig(_Strict):
     student: str
     escalate_to: str
     threshold: float | dict[str, float] | None = None
+    #: "The student answers when its calibrated probability of being right is at least this":
+    #: translated into a threshold on a calibrated student's scores (`llmclf.calibration`).
+    target_accuracy: float | None = Field(default=None, gt=0.0, le=1.0)
+
+    @model_validator(mode="after")
+    def _threshold_or_target(self) -> CascadeConfig:
+        if self.threshold is not None and self.target_accuracy is not None:
+            raise ValueError("give threshold or target_accuracy, not both")
+        return self
 
     @field_validator("threshold")
     @classmethod
@@ -263,6 +274,8 @@ class ResolvedRouter:
     thresholds: dict[str, float]
     store: Store | None
     source: str
+    #: How the cascade thresholds were chosen, when a target was translated into them.
+    threshold_note: str | None = None
 
 
 def resolve_router_config(
@@ -297,6 +310,7 @@ def resolve_router_config(
         if config.shortlist is not None:
             all_backends = apply_shortlist(config.shortlist, all_backends, task, where.error)
         thresholds = _resolve_thresholds(config, task, all_backends, where)
+        threshold_note = _target_note(config, all_backends)
         review_store = store
         if config.review is not None and config.review.store is not None:
             if "://" in config.review.store:  # a store URL (sqlite:///..., postgresql://...)
@@ -318,6 +332,7 @@ def resolve_router_config(
         thresholds=thresholds,
         store=review_store,
         source=file.source,
+        threshold_note=threshold_note,
     )
 
 
@@ -432,6 +447,20 @@ def _check_references(
             "(its first backend is the primary one)",
         )
 
+def _target_note(config: RouterConfig, backends: Mapping[str, Backend]) -> str | None:
+    """What ``cascade.target_accuracy`` was translated into, for the logs and the service."""
+    if config.cascade is None or config.cascade.target_accuracy is None:
+        return None
+    student = backends[config.cascade.student]
+    cal = student.calibration
+    assert cal is not None
+    t = config.cascade.target_accuracy
+    return (
+        f"cascade.target_accuracy {t:g}: {student.name} answers when its {cal.method}-calibrated "
+        f"confidence is at least {t:g}, else {config.cascade.escalate_to} does"
+    )
+
+
 def _resolve_thresholds(
     config: RouterConfig, task: Task, backends: Mapping[str, Backend], where: _Where
 ) -> dict[str, float]:
@@ -439,6 +468,18 @@ def _resolve_thresholds(
         return {}
     given = config.cascade.threshold
     out: dict[str, float] = {}
+    target = config.cascade.target_accuracy
+    if target is not None:
+        student = backends[config.cascade.student]
+        if student.calibration is None:
+            raise where.error(
+                ("cascade", "target_accuracy"),
+                f"needs a calibrated student, and {student.name} is not: fit its calibrator with "
+                f"`llmclf calibrate --backend {student.name}` (calibration.json), or set "
+                "cascade.threshold",
+            )
+        # calibrated scores are probabilities of being right: the target is the threshold
+        return {lab: float(target) for lab in task.label_names}
     if isinstance(given, float | int):
         return {lab: float(given) for lab in task.label_names}
     if isinstance(given, dict):

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -34,6 +35,8 @@ from llmclf.router.tree import build_tree
 from llmclf.store import Store
 from llmclf.types import Prediction, Task
 
+log = logging.getLogger("llmclf.router")
+
 __all__ = ["Router"]
 
 
@@ -58,8 +61,13 @@ class Router(Backend):
         name: str = "router",
         source: str = "<config>",
         thresholds: Mapping[str, float] | None = None,
+        threshold_note: str | None = None,
     ) -> None:
         self.config = config
+        #: How the cascade thresholds were chosen from ``cascade.target_accuracy``, if so.
+        self.threshold_note = threshold_note
+        if threshold_note:
+            log.info("%s: %s", name, threshold_note)
         self.task = task
         self.name = name
         self.source = source
@@ -149,6 +157,7 @@ class Router(Backend):
             name=f"router:{plan.source}",
             source=plan.source,
             thresholds=plan.thresholds,
+            threshold_note=plan.threshold_note,
         )
 
     # -- the tree -------------------------------------------------------------------------------

@@ -103,8 +103,8 @@ class Review(Policy):
         self, text: str, answer: Prediction, shadow: Prediction, request_id: str | None
     ) -> None:
         """The shadow backend answered ``text``: queue it when the gate wants (disagreement)."""
-        if set(shadow.labels) == set(answer.labels) and not self.gate.quotas:
-            return
+        if set(shadow.labels) == set(answer.labels):
+            return  # quotas are met from the answers themselves (`route`)
         with contextlib.suppress(RuntimeError):  # closed
             self._io.submit(self._write, [(0, 1, text, answer, shadow)], request_id)
 

@@ -148,6 +148,10 @@ class PredictionOut(BaseModel):
     abstained: bool
     score_source: str
     cached: bool
+    #: whether the scores went through a fitted calibrator (``score_source`` names it)
+    calibrated: bool = False
+    #: the decision threshold, when it is not 0.5 (a label may then score below another)
+    threshold: float | None = None
 
 
 class ClassifyResponse(BaseModel):

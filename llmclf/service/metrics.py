@@ -19,6 +19,11 @@
 | ``llmclf_ab_texts_total`` / ``llmclf_ab_latency_seconds`` | task, arm | A/B arms |
 | ``llmclf_in_flight_requests`` | | requests being answered now |
 
+With several worker processes (``llmclf serve --workers N``, ``$PROMETHEUS_MULTIPROC_DIR`` set
+before the workers start) every counter, histogram and the in-flight gauge are added up over
+all workers (prometheus_client's multiprocess mode), whichever worker answers the scrape; the
+gauges computed at scrape time (escalation rate, shadow agreement) are that worker's own.
+
 Example:
     >>> m = ServiceMetrics()
     >>> m.errors.labels(type="bad_input").inc()
@@ -29,6 +34,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +46,7 @@ from prometheus_client import (
     Gauge,
     Histogram,
     generate_latest,
+    multiprocess,
 )
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -182,8 +189,11 @@ class ServiceMetrics:
             registry=r,
         )
         self.in_flight = Gauge(
-            "llmclf_in_flight_requests", "Requests being answered now", registry=r
-        )
+            "llmclf_in_flight_requests", "Requests being answered now", registry=r,
+            multiprocess_mode="livesum",
+        )  # fmt: skip
+        #: where the workers' samples are (multiprocess mode), or None for one process
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self._gauges = _RouterGauges()
         r.register(self._gauges)
 
@@ -212,8 +222,13 @@ class ServiceMetrics:
                     b.hooks.on(Event.PROVIDER_FAULT, on(self._fault, task, backend.name))
 
     def render(self) -> bytes:
-        """The Prometheus text exposition."""
-        return generate_latest(self.registry)
+        """The Prometheus text exposition (of all workers, in multiprocess mode)."""
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=self.multiprocess_dir)
+        registry.register(self._gauges)
+        return generate_latest(registry)
 
     def count_texts(self, task: str, predictions: list[Prediction]) -> None:
         """Count answered texts by the backend that answered."""

@@ -125,6 +125,8 @@ class PostgresDatabase:
             min_size=1,
             max_size=max(1, max_size),
             kwargs={"autocommit": True, "connect_timeout": timeout},
+            # a connection broken by a server restart is replaced before use, not handed out
+            check=ConnectionPool.check_connection,
             open=False,
             name="llmclf-store",
         )

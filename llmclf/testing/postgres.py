@@ -104,16 +104,34 @@ class TempPostgres:
              f"--pwfile={pwfile}"],
             check=True, capture_output=True, env=env, cwd=self.dir, **self._run_as(),  # type: ignore[call-overload]
         )  # fmt: skip
-        self.log = open(self.dir / "server.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.log = open(self.dir / "server.log", "ab")  # noqa: SIM115 - closed in stop()
+        self._launch()
+        return self
+
+    def _launch(self) -> None:
+        env = {**os.environ, "LC_ALL": "C.UTF-8", "LANG": "C.UTF-8"}
         self.proc = subprocess.Popen(  # type: ignore[call-overload]
-            [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-             "-k", str(sock), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            [str(self.bindir / "postgres"), "-D", str(self.dir / "data"), "-p", str(self.port),
+             "-k", str(self.dir / "sock"), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
              "-c", "max_connections=200"],
             stdout=self.log, stderr=subprocess.STDOUT, env=env, cwd=self.dir,
             **self._run_as(),
         )  # fmt: skip
         self._wait_ready()
-        return self
+
+    def restart(self) -> None:
+        """Stop the server (fast shutdown: every connection is cut) and start it again."""
+        self._shutdown()
+        self._launch()
+
+    def _shutdown(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
     def _wait_ready(self, timeout: float = 60.0) -> None:
         import psycopg
@@ -147,13 +165,8 @@ class TempPostgres:
         return self.url(name)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # fast shutdown
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        """Stop the server and delete its directory."""
+        self._shutdown()
         if hasattr(self, "log"):
             self.log.close()
         shutil.rmtree(self.dir, ignore_errors=True)
