@@ -3,9 +3,10 @@
 `FakeProvider` answers every request after ``--latency-s`` (200 ms, like a hosted model), so
 throughput measures how many requests are in flight, not local CPU. Prints labels/s of the async
 engine with one request in flight (the baseline), async with ``--concurrency``, and Ray with 1,
-2 and 4 actors, each as a ratio to the baseline measured in the same run. Then the cost per
-million texts of sst2 at gpt-4o-mini's published price (litellm's table), online vs the Batch
-API, from the tokens the run measured.
+2 and 4 actors: in steady state (first answer to last; Ray's actor start-up is printed apart)
+and over the wall time, each steady rate as a ratio to the baseline measured in the same run.
+Then the cost per million texts of sst2 at gpt-4o-mini's published price (litellm's table),
+online vs the Batch API, from the tokens the run counted.
 
     .venv/bin/python benchmarks/bench_label.py [--texts 200] [--latency-s 0.2] [--no-ray]
 """
@@ -41,11 +42,18 @@ def main() -> None:
     src = home / "in.jsonl"
     src.write_text("".join(json.dumps({"text": r["text"]}) + "\n" for r in rows[: args.texts]))
 
+    answered: list[float] = []
+
     def slow(text: str) -> str:
         time.sleep(args.latency_s)
+        answered.append(time.monotonic())
         return "positive" if ("good" in text or "fun" in text) else "negative"
 
     results: list[tuple[str, float]] = []
+
+    def t_start(t0: float) -> float:
+        return time.monotonic() - (time.perf_counter() - t0)
+
     usage = None
     with FakeProvider(labeler=slow) as fp:
         spec = f"llm:openai/gpt-4o-mini?api_base={fp.base_url}&api_key=sk-bench&cache=false"
@@ -53,13 +61,22 @@ def main() -> None:
         def run(name: str, **kw: object) -> None:
             nonlocal usage
             store = Store(home / f"{name.replace(' ', '_')}.db")
+            answered.clear()
             t0 = time.perf_counter()
             r = label(task, spec, src, None, store=store, progress=False, **kw)  # type: ignore[arg-type]
             dt = time.perf_counter() - t0
             assert r.complete, r.summary()
             usage = usage or r.usage
-            results.append((name, r.n_new / dt))
-            print(f"{name:>22}: {r.n_new / dt:7.1f} labels/s ({dt:.1f} s)", flush=True)
+            # steady state: answers per second from the first answer to the last (Ray's actor
+            # start-up, seconds on a loaded machine, is left out and printed apart)
+            span = answered[-1] - answered[0] if len(answered) > 1 else dt
+            rate = (len(answered) - 1) / span if span > 0 else float("nan")
+            results.append((name, rate))
+            print(
+                f"{name:>22}: {rate:7.1f} labels/s steady, {r.n_new / dt:6.1f} labels/s wall "
+                f"({dt:.1f} s, first answer after {answered[0] - t_start(t0):.1f} s)",
+                flush=True,
+            )
 
         run("async, 1 in flight", concurrency=1)
         run(f"async, {args.concurrency} in flight", concurrency=args.concurrency)
@@ -73,7 +90,7 @@ def main() -> None:
             finally:
                 ray.shutdown()
     base = results[0][1]
-    print("\nthroughput vs async with 1 request in flight (same run):")
+    print("\nsteady-state throughput vs async with 1 request in flight (same run):")
     for name, rate in results:
         print(f"  {name:>22}: x{rate / base:.2f}")
     assert usage is not None
