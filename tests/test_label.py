@@ -563,38 +563,43 @@ def ray_cluster() -> Any:
 
 @needs_ray
 @pytest.mark.ray
-@pytest.mark.timeout(120)
-def test_ray_labels_and_survives_a_worker_node_dying(
+@pytest.mark.timeout(300)
+def test_ray_survives_a_worker_node_dying_and_matches_the_async_engine(
     ray_cluster: Any, task_file: Path, tmp_path: Path
 ) -> None:
-    n = 160
+    """A real two-node Ray cluster labels what an async run left; the worker node is killed
+    mid-run: the run completes, nothing is lost or stored twice, and the labels are the async
+    engine's. (One test, so the cluster and the actors start once: about a minute on 2 cores.)"""
+    n, first = 120, 30
     src = write_input(tmp_path / "in.jsonl", n)
     db = tmp_path / "s.db"
     worker = ray_cluster.add_node(num_cpus=1, object_store_memory=80 * 1024 * 1024)
     ray_cluster.wait_for_nodes()
-
     killed = threading.Event()
     answered = [0]
     lock = threading.Lock()
+    hold_after = first + (n - first) // 4
 
     def labeler(text: str) -> str:
         with lock:
             answered[0] += 1
-            held = answered[0] > n // 4
-        if held:  # a quarter is labelled: hold the rest until the worker node is dead
-            killed.wait(60)
+            held = answered[0] > hold_after
+        if held:  # a quarter of Ray's share is answered: the rest waits for the node's death
+            killed.wait(120)
         return "positive" if "good" in text else "negative"
 
     with FakeProvider(labeler=labeler) as fp:
+        part = label(task_file, fp.spec(), src, None, store=Store(db), limit=first, progress=False)
+        assert part.n_new == first
 
         def killer() -> None:
-            deadline = time.monotonic() + 90
+            deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
                 try:
                     done = len(labels_in_store(db))
-                except sqlite3.Error:  # not created yet
+                except sqlite3.Error:
                     done = 0
-                if done >= n // 8:
+                if done >= first + (n - first) // 8:
                     ray_cluster.remove_node(worker, allow_graceful=False)
                     killed.set()
                     return
@@ -606,58 +611,29 @@ def test_ray_labels_and_survives_a_worker_node_dying(
             task_file,
             fp.spec(),
             src,
-            tmp_path / "o.jsonl",
+            tmp_path / "ray.jsonl",
             engine="ray",
             store=Store(db),
             actors=2,
             concurrency=2,
             progress=False,
         )
-        t.join(5)
+        t.join(30)
         assert killed.is_set(), "the run finished before the worker node could be killed"
         assert r.complete and r.n_labelled == n and not r.failures
         keys = labels_in_store(db)
         assert len(keys) == n == len(set(keys))
-        rows = read_jsonl(tmp_path / "o.jsonl")
-        assert [x["text"] for x in rows] == texts(n)
-        assert [x["label"] for x in rows] == [
-            "positive" if "good" in t else "negative" for t in texts(n)
-        ]
-        # a re-run (any engine) has nothing left to ask
+        # a re-run asks nothing
         asked = len(fp.chat_requests)
-        r = label(task_file, fp.spec(), src, None, engine="ray", store=Store(db), progress=False)
-        assert r.n_new == 0 and len(fp.chat_requests) == asked
-
-
-@needs_ray
-@pytest.mark.ray
-@pytest.mark.timeout(120)
-def test_ray_and_async_give_identical_labels_and_resume_each_other(
-    ray_cluster: Any, task_file: Path, tmp_path: Path
-) -> None:
-    src = write_input(tmp_path / "in.jsonl", 40)
-    with FakeProvider(rules={"good": "positive"}, default="negative") as fp:
-        a = label(
+        again = label(task_file, fp.spec(), src, None, engine="ray", store=Store(db))
+        assert again.n_new == 0 and len(fp.chat_requests) == asked
+        # the async engine on a fresh store gives the same rows
+        label(
             task_file,
             fp.spec(),
             src,
-            tmp_path / "a.jsonl",
+            tmp_path / "async.jsonl",
             store=Store(tmp_path / "a.db"),
             progress=False,
         )
-        store = Store(tmp_path / "r.db")
-        part = label(task_file, fp.spec(), src, None, store=store, limit=15, progress=False)
-        assert part.n_new == 15
-        asked = len(fp.chat_requests)
-        r = label(
-            task_file,
-            fp.spec(),
-            src,
-            tmp_path / "r.jsonl",
-            engine="ray",
-            store=store,
-            progress=False,
-        )
-        assert r.n_new == 25 and len(fp.chat_requests) == asked + 25
-        assert a.complete and r.complete
-    assert read_jsonl(tmp_path / "a.jsonl") == read_jsonl(tmp_path / "r.jsonl")
+    assert read_jsonl(tmp_path / "ray.jsonl") == read_jsonl(tmp_path / "async.jsonl")

@@ -794,6 +794,11 @@ class LLMBackend(Backend):
         """
         import litellm
 
+        if self.shortlister is not None:
+            raise ConfigError(
+                f"{self.name}: a shortlist teacher asks each text among a student's labels, "
+                "which a Batch API file cannot; label with --engine async or ray"
+            )
         messages = self.template.render(self.task, text, self._examples_for(text))
         params = self._params(self.config.temperature, None)
         key = self.cache_key(messages, params)
