@@ -24,6 +24,7 @@ from rich.table import Table
 
 from llmclf.calibrate import calibrate
 from llmclf.calibration import METHODS
+from llmclf.cli.common import DbOpt, use_db
 from llmclf.datasets import load_eval_set
 from llmclf.errors import ConfigError
 from llmclf.evaluate import default_pool
@@ -68,6 +69,7 @@ def calibrate_command(
         typer.Option("--save/--no-save", help="Save the calibrator (default) or only measure."),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    db: DbOpt = None,
     progress: Annotated[
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
@@ -75,6 +77,7 @@ def calibrate_command(
 ) -> None:
     """Fit a calibrator for a backend and print accuracy, ECE and Brier before and after, on
     cases it was not fitted on."""
+    use_db(db)
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}, got {method!r}")
     es = load_eval_set(eval_set)
