@@ -33,6 +33,42 @@ PLAN: list[tuple[str, str | None, tuple[str, ...]]] = [
 ]
 
 
+def route_at_target(es, student_dir, llm_spec: str, target: float) -> list[str]:  # type: ignore[no-untyped-def]
+    """The router with ``cascade: {target_accuracy: target}`` over a student calibrated (platt)
+    on one hash half, measured on the other half: does the student keep its promise?"""
+    from llmclf.calibrate import calibrate_student
+    from llmclf.metrics import split_half
+    from llmclf.router import Router
+
+    out = []
+    for half in (0, 1):
+        fit_cases = [c for c in es.cases if split_half(c.id) == half]
+        held_out = [c for c in es.cases if split_half(c.id) != half]
+        calibrate_student(student_dir, es.task, fit_cases, held_out, method="platt")
+        cfg = {
+            "backends": {"student": f"setfit:{student_dir}", "llm": llm_spec},
+            "cascade": {"student": "student", "escalate_to": "llm", "target_accuracy": target},
+        }
+        with Router.from_config(cfg, task=es.task) as router:
+            preds = router.predict_batch([c.text for c in held_out])
+            threshold = router.thresholds[es.task.label_names[0]]
+        by_student = [
+            (c, p) for c, p in zip(held_out, preds, strict=True) if p.route == ("student",)
+        ]
+        s_acc = sum(p.matches(c.labels) for c, p in by_student) / max(1, len(by_student))
+        r_acc = sum(p.matches(c.labels) for c, p in zip(held_out, preds, strict=True)) / len(
+            held_out
+        )
+        row = (
+            f"| sst2, target_accuracy {target:g} | platt, half {half} | {threshold:g} | "
+            f"{len(by_student)}/{len(held_out)} | {s_acc:.3f} | {r_acc:.3f} |"
+        )
+        print(row, flush=True)
+        out.append(row)
+    (student_dir / "calibration.json").unlink()
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     ap.add_argument("--limit", type=int, default=200, help="cases of sst2")
@@ -41,6 +77,9 @@ def main() -> None:
     ap.add_argument("--spec", default="llm:local?timeout_s=300", help="the llm:local spec")
     ap.add_argument("--student", type=int, default=400, help="gold train rows of the student")
     ap.add_argument("--no-llm", action="store_true", help="only the student")
+    ap.add_argument(
+        "--target", type=float, default=0.9, help="router cascade target_accuracy (0: skip)"
+    )
     args = ap.parse_args()
     os.environ.setdefault("LLMCLF_HOME", tempfile.mkdtemp(prefix="llmclf-bench-"))
 
@@ -51,6 +90,7 @@ def main() -> None:
 
     wanted = set(args.sets.split(","))
     rows = []
+    router_rows: list[str] = []
 
     def f(before: float | None, after: float | None) -> str:
         if before is None or after is None:
@@ -103,6 +143,8 @@ def main() -> None:
         shown = f"head-only student ({len(rows_)} gold train rows)"
         for method in ("platt", "temperature", "isotonic"):
             run(es, f"setfit:{d}", None, method, args.limit, shown)
+        if args.target:
+            router_rows.extend(route_at_target(es, d, args.spec, args.target))
 
     try:
         for name, prompt, methods in PLAN if not args.no_llm else []:
@@ -116,6 +158,15 @@ def main() -> None:
     finally:
         LocalServer.shared().stop()
 
+    if router_rows:
+        print()
+        print(
+            "| router (student → llm:local few-shot) | student calibrated on | threshold "
+            "| answered by student | student accuracy (promised ≥ target) | router accuracy |"
+        )
+        print("|---|---|---|---|---|---|")
+        for row in router_rows:
+            print(row)
     print()
     print(
         "| set | prompt | method | fitted on | reported on | accuracy before → after "

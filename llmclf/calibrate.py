@@ -54,7 +54,14 @@ from llmclf.specs import parse_spec
 from llmclf.store import Store
 from llmclf.types import CalibrationMethod, Prediction, Task
 
-__all__ = ["CalibrationReport", "calibrate", "calibrate_backend", "score_quality"]
+__all__ = [
+    "CalibrationReport",
+    "calibrate",
+    "calibrate_backend",
+    "calibrate_student",
+    "card_entry",
+    "score_quality",
+]
 
 SPLITS = ("half", "other-half", "pool")
 
@@ -338,3 +345,52 @@ def calibrate_backend(
         errors=errors,
         notes=notes,
     )
+
+
+def calibrate_student(
+    model_dir: str | Path,
+    task: Task,
+    fit_cases: Sequence[Case],
+    report_cases: Sequence[Case],
+    *,
+    method: CalibrationMethod = "platt",
+    where: str = "",
+) -> CalibrationReport:
+    """Fit a student's calibrator on cases it did not train on (a held-out slice of teacher
+    labels, or an eval split), measure it on ``report_cases`` and write ``calibration.json``
+    into ``model_dir``; `card_entry` is what its model card says about it.
+
+    Example:
+        >>> rep = calibrate_student("models/sst2", task, held_out, eval_cases)  # doctest: +SKIP
+        >>> rep.path.name                                                       # doctest: +SKIP
+        'calibration.json'
+    """
+    from llmclf.backends.setfit import SetFitBackend
+
+    d = Path(model_dir)
+    student = SetFitBackend(d, task=task, calibration="off", name=f"setfit:{d}")
+    try:
+        rep = calibrate_backend(student, fit_cases, report_cases, method=method, where=where)
+    finally:
+        student.close()
+    rep.path = save_calibration(rep.calibration, d / STUDENT_FILE)
+    return rep
+
+
+def card_entry(rep: CalibrationReport) -> dict[str, Any]:
+    """The model card's ``calibration`` entry: method, what it was fitted on, and ECE,
+    Brier and accuracy before and after on the report cases.
+
+    Example:
+        >>> card_entry(rep)["method"]                                            # doctest: +SKIP
+        'platt'
+    """
+    keep = ("accuracy", "ece", "brier")
+    return {
+        "method": rep.calibration.method,
+        "fitted_on": rep.calibration.fitted_on,
+        "report_cases": rep.report_cases,
+        "before": {k: rep.before[k] for k in keep},
+        "after": {k: rep.after[k] for k in keep},
+        "file": STUDENT_FILE,
+    }

@@ -141,6 +141,18 @@ def test_a_calibrated_student_applies_its_calibration_json(
         cal.apply({"negative": 0.7, "positive": 0.3})["negative"], abs=1e-6
     )
 
+    # distill's stage: fit on cases the student did not train on, write calibration.json
+    from llmclf.calibrate import calibrate_student, card_entry
+
+    cases = load_eval_set("sst2").cases
+    d2 = tmp_path / "student2"
+    shutil.copytree(student_dir, d2)
+    rep2 = calibrate_student(d2, sst2_task, cases[:40], cases[40:80], method="temperature")
+    assert rep2.path == d2 / "calibration.json" and rep2.fit_cases == 40
+    entry = card_entry(rep2)
+    assert entry["method"] == "temperature" and set(entry["after"]) == {"accuracy", "ece", "brier"}
+    assert SetFitBackend.load(d2, task=sst2_task).predict_batch(TEXTS[:1])[0].calibrated
+
 
 def test_thread_safe(student_dir: Path, sst2_task: Task) -> None:
     backend = SetFitBackend(student_dir, task=sst2_task)

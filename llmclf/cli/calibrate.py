@@ -69,6 +69,7 @@ def calibrate_command(
         typer.Option("--save/--no-save", help="Save the calibrator (default) or only measure."),
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    db: DbOpt = None,
     progress: Annotated[
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
