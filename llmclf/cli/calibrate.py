@@ -74,7 +74,6 @@ def calibrate_command(
         bool | None,
         typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
     ] = None,
-    db: DbOpt = None,
 ) -> None:
     """Fit a calibrator for a backend and print accuracy, ECE and Brier before and after, on
     cases it was not fitted on."""
