@@ -355,6 +355,7 @@ def calibrate_student(
     *,
     method: CalibrationMethod = "platt",
     where: str = "",
+    spec: str | None = None,
 ) -> CalibrationReport:
     """Fit a student's calibrator on cases it did not train on (a held-out slice of teacher
     labels, or an eval split), measure it on ``report_cases`` and write ``calibration.json``
@@ -370,7 +371,9 @@ def calibrate_student(
     d = Path(model_dir)
     student = SetFitBackend(d, task=task, calibration="off", name=f"setfit:{d}")
     try:
-        rep = calibrate_backend(student, fit_cases, report_cases, method=method, where=where)
+        rep = calibrate_backend(
+            student, fit_cases, report_cases, method=method, where=where, spec=spec
+        )
     finally:
         student.close()
     rep.path = save_calibration(rep.calibration, d / STUDENT_FILE)

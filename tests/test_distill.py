@@ -226,6 +226,34 @@ def test_rerun_makes_no_llm_calls_and_force_replaces(
     assert SetFitBackend(out).runtime == "onnx"
 
 
+def test_calibrate_writes_a_calibrator_the_student_applies(
+    distilled: dict[str, Any], data_dir: Path, sst2_task: Task, tmp_path: Path
+) -> None:
+    store: Store = distilled["store"]
+    spec = distilled["result"].card["teacher"]  # the store answers: no provider is needed
+    with pytest.raises(ConfigError, match="give --eval-set"):
+        distill(sst2_task, spec, data_dir / "unlabelled.jsonl", tmp_path / "nope", store=store,
+                mode="head-only", calibrate="platt", progress=False)  # fmt: skip
+    assert not (tmp_path / "nope").exists()
+    out = tmp_path / "calibrated"
+    result = distill(
+        sst2_task, spec, data_dir / "unlabelled.jsonl", out, store=store,
+        eval_set=data_dir / "sst2mini", mode="head-only", head_c=0.3, int8=False,
+        calibrate="platt", progress=False,
+    )  # fmt: skip
+    cal = result.card["calibration"]
+    assert cal["method"] == "platt" and cal["file"] == "calibration.json"
+    assert 0 < cal["report_cases"] < len(EVAL_ROWS)  # reported on the half it did not fit on
+    assert "hash half 0" in cal["fitted_on"]["source"]
+    assert cal["fitted_on"]["spec"] == f"setfit:{out}"
+    assert (out / "calibration.json").is_file()
+    assert "## Calibration" in (out / "README.md").read_text()
+    student = SetFitBackend(out)
+    pred = student.predict_batch(["a gorgeous, witty film"])[0]
+    assert pred.calibrated and pred.score_source.endswith("+platt")
+    assert abs(sum(pred.scores.values()) - 1) < 1e-6
+
+
 # --------------------------------------------------------------------------- resumability
 
 

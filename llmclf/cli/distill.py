@@ -155,6 +155,14 @@ def distill_command(
         typer.Option(help="Write teacher labels: FILE.jsonl, or a directory (datasets.Dataset)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    calibrate: Annotated[
+        str | None,
+        typer.Option(
+            help="Calibrate the student's scores: temperature, platt or isotonic, fitted on the "
+            "--eval-set's hash half 0 (never trained on) and reported on half 1; writes "
+            "calibration.json, which the student then applies.",
+        ),
+    ] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print a JSON summary on stdout.")
     ] = False,
@@ -181,6 +189,10 @@ def distill_command(
         if not quiet:
             typer.echo(msg, err=True)
 
+    if calibrate is not None and calibrate not in ("temperature", "platt", "isotonic"):
+        raise typer.BadParameter(
+            "must be one of temperature, platt, isotonic", param_hint="--calibrate"
+        )
     if from_pool:
         _from_pool(
             eval_set, out, chosen_mode, body=body, max_steps=max_steps, max_seconds=max_seconds,
@@ -219,6 +231,7 @@ def distill_command(
         seed=seed,
         int8=int8,
         int8_bound=int8_bound,
+        calibrate=calibrate,  # type: ignore[arg-type]
         force=force,
     )
     result = run_distill(config, progress=not quiet, echo=echo)

@@ -90,6 +90,8 @@ class DistillConfig(BaseModel):
     int8: bool = True
     fp32_bound: float = FP32_BOUND
     int8_bound: float = INT8_BOUND
+    # calibration: fit this method on the eval set's hash half 0, report on half 1
+    calibrate: Literal["temperature", "platt", "isotonic"] | None = None
     # output
     force: bool = False
 

@@ -80,6 +80,7 @@ class _Job:
     source: IO[str] | None = None
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    calibration: dict[str, Any] | None = None
 
     def warn(self, message: str) -> None:
         self.warnings.append(message)
@@ -186,6 +187,8 @@ def _start(
     if es is None and cfg.eval_set is not None:
         es = load_eval_set(cfg.eval_set)
     t = _resolve_task(task if task is not None else cfg.task, es)
+    if cfg.calibrate is not None and es is None:
+        raise ConfigError("--calibrate fits on the eval set's cases: give --eval-set")
     store = store or open_store()
     gold = gold_rows(
         t,
@@ -369,7 +372,42 @@ def _calibrate(
             runtime=scored.runtime,
         )
     write_json(tmp / "router.json", escalation)
+    if job.cfg.calibrate is not None:
+        job.calibration = _fit_calibration(job, tmp)
     return escalation
+
+
+def _fit_calibration(job: _Job, tmp: Path) -> dict[str, Any]:
+    """Fit the student's calibrator on eval cases of hash half 0 (never trained on) and
+    report it on half 1; writes ``calibration.json`` next to the model."""
+    from llmclf.calibrate import calibrate_student, card_entry
+    from llmclf.metrics import split_half
+
+    if job.eval_set is None:
+        raise ConfigError("--calibrate fits on the eval set's cases: give --eval-set")
+    cases = list(job.eval_set.cases)
+    fit = [c for c in cases if split_half(c.id) == 0]
+    report = [c for c in cases if split_half(c.id) != 0]
+    if not fit or not report:
+        raise ConfigError(f"eval set {job.eval_set.name} is too small to split for calibration")
+    assert job.cfg.calibrate is not None
+    t0 = time.perf_counter()
+    rep = calibrate_student(
+        tmp,
+        job.task,
+        fit,
+        report,
+        method=job.cfg.calibrate,
+        where=f"eval set {job.eval_set.name}, hash half 0 of {len(cases)} cases",
+        spec=f"setfit:{job.cfg.out}",  # where the student will be, not its staging directory
+    )
+    job.timings["calibrate_s"] = time.perf_counter() - t0
+    entry = card_entry(rep)
+    job.say(
+        f"calibrated ({entry['method']}): ECE {entry['before']['ece']:.3f} -> "
+        f"{entry['after']['ece']:.3f} on {entry['report_cases']} held-out eval cases"
+    )
+    return entry
 
 
 def _result(
@@ -440,6 +478,7 @@ def _result(
         },
         "export": {"parity": parity, "int8": cfg.int8},
         "router": escalation,
+        "calibration": job.calibration,
         "warnings": job.warnings,
         "config": cfg.card_json(),
     }
