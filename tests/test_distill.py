@@ -634,6 +634,9 @@ def test_binary_certainty_is_measured_from_the_task_threshold(sst2_task: Task) -
     assert near == pytest.approx(0.6)
     half = sst2_task.model_copy(update={"threshold": 0.5})
     assert label_certainty(half, ["negative"], {"negative": 0.8, "positive": 0.2}) == 0.8
+    # the answer's own threshold wins: a calibrated answer was decided at 0.5, not the task's
+    calibrated = label_certainty(tilted, ["negative"], {"negative": 0.8, "positive": 0.2}, 0.5)
+    assert calibrated == 0.8
 
 
 def test_end_to_end_refuses_a_budget_of_no_steps(sst2_task: Task) -> None:

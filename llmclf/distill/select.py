@@ -223,7 +223,12 @@ def min_confidence_from_eval(task: Task, teacher_run: EvalRun) -> tuple[float, s
         (0.7, 'kept accuracy 1.000 >= target 0.875 (75% of eval cases kept)')
     """
     pairs = [
-        (0.0 if p.abstained else label_certainty(task, p.labels, p.scores), p.matches(c.labels))
+        (
+            0.0
+            if p.abstained
+            else label_certainty(task, p.labels, p.scores, p.effective_threshold),
+            p.matches(c.labels),
+        )
         for p, c in zip(teacher_run.predictions, teacher_run.cases, strict=True)
         if p is not None
     ]

@@ -96,12 +96,19 @@ class TeacherLabels:
         return sum(1 for r in self.rows if r.abstained)
 
 
-def label_certainty(task: Task, labels: Sequence[str], scores: dict[str, float]) -> float:
+def label_certainty(
+    task: Task,
+    labels: Sequence[str],
+    scores: dict[str, float],
+    threshold: float | None = None,
+) -> float:
     """How sure an answer is, in [0.5, 1] for binary tasks and [0, 1] otherwise.
 
     Binary: the distance of the positive score from the task's decision threshold, rescaled
     so that the threshold maps to 0.5 and a score of 0 or 1 to 1.0 (with the default
-    threshold 0.5 this is ``max(p, 1 - p)``). Multi-class: the chosen label's score.
+    threshold 0.5 this is ``max(p, 1 - p)``); ``threshold`` is the one the answer was
+    decided at (`Prediction.effective_threshold`), the task's own when None. Multi-class: the
+    chosen label's score.
     Multi-label: the least certain per-label decision, ``min(max(s, 1 - s))``.
 
     Example:
@@ -115,7 +122,8 @@ def label_certainty(task: Task, labels: Sequence[str], scores: dict[str, float])
     if task.is_multilabel:
         return float(min(max(s, 1.0 - s) for s in scores.values()))
     if task.kind == "binary" and task.positive_label in scores:
-        p, tau = float(scores[task.positive_label]), task.threshold
+        p = float(scores[task.positive_label])
+        tau = task.threshold if threshold is None else threshold
         if p >= tau:
             return 0.5 + 0.5 * (p - tau) / (1.0 - tau) if tau < 1.0 else 1.0
         return 0.5 + 0.5 * (tau - p) / tau
@@ -134,7 +142,9 @@ def _row_from_record(task: Task, rec: dict[str, Any]) -> TeacherRow:
         text=rec["text"],
         labels=tuple(pred.labels),
         scores=scores,
-        confidence=0.0 if pred.abstained else label_certainty(task, pred.labels, scores),
+        confidence=0.0 if pred.abstained else label_certainty(
+            task, pred.labels, scores, pred.effective_threshold
+        ),
         abstained=pred.abstained,
         id=meta.get("id"),
         line=meta.get("line"),
