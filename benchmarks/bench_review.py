@@ -181,7 +181,7 @@ def browser_rate(n_items: int) -> dict[str, Any] | None:
     from selenium.webdriver.support.ui import WebDriverWait
 
     from llmclf.service import ServiceSettings
-    from llmclf.service.review_api import create_review_app
+    from llmclf.service.app import create_review_app
     from llmclf.store import Store
     from tests.helpers import Server
 

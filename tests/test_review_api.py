@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from llmclf.service import ServiceSettings
-from llmclf.service.review_api import create_review_app
+from llmclf.service.app import create_review_app
 from llmclf.store import Store
 from tests.helpers import Server, error_of, free_port, wait_until
 

@@ -199,6 +199,6 @@ def test_multilabel_toggles_filters_and_bulk_accept_by_keyboard(browser: Any, st
 
 
 def create_review_app_for(store: Store) -> Any:
-    from llmclf.service.review_api import create_review_app
+    from llmclf.service.app import create_review_app
 
     return create_review_app(store, ServiceSettings())

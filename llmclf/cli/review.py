@@ -219,7 +219,7 @@ def ui(
     import uvicorn
 
     from llmclf.service import ServiceSettings
-    from llmclf.service.review_api import create_review_app
+    from llmclf.service.app import create_review_app
 
     keys: frozenset[str] = frozenset()
     if api_key_env:

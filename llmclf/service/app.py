@@ -49,6 +49,7 @@ from llmclf.classifier import validate_texts
 from llmclf.errors import BackendError, ConfigError, LLMClfError, error_kind
 from llmclf.service.batching import MicroBatcher
 from llmclf.service.metrics import CONTENT_TYPE, ServiceMetrics
+from llmclf.service.review_api import add_review_routes
 from llmclf.store import Store
 
 log = logging.getLogger("llmclf.service")
@@ -580,10 +581,27 @@ def create_app(
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     if review_store is not None:
-        from llmclf.service.review_api import add_review_routes
-
         add_review_routes(app, lambda: review_store, auth_required=bool(settings.api_keys))
 
+    return app
+
+
+def create_review_app(store: Store, settings: Any = None) -> FastAPI:
+    """The review page and its API alone (``llmclf review ui``), with the service's guard.
+
+    Example:
+        >>> app = create_review_app(open_store(), ServiceSettings(api_keys=frozenset({"k"})))
+        ... # doctest: +SKIP
+    """
+    settings = settings or ServiceSettings()
+    app = FastAPI(title="llmclf review", version="1")
+    app.add_middleware(GuardMiddleware, settings=settings, metrics=ServiceMetrics())
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_request", _validation_message(exc))
+
+    add_review_routes(app, lambda: store, auth_required=bool(settings.api_keys))
     return app
 
 
@@ -620,5 +638,6 @@ __all__ = [
     "ServiceState",
     "TokenBuckets",
     "create_app",
+    "create_review_app",
     "error_response",
 ]

@@ -13,9 +13,10 @@
 The API lives under ``/v1/``, so the service's API key and rate limit apply to it; actions are
 POSTs. A row already decided answers 409 naming the decision made (one decision per row).
 
+The page alone (``llmclf review ui``) is `llmclf.service.app.create_review_app`.
+
 Example:
-    >>> app = create_review_app(open_store(), ServiceSettings(api_keys=frozenset({"k"})))
-    ... # doctest: +SKIP
+    >>> add_review_routes(app, lambda: store, auth_required=True)  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,14 +26,14 @@ from collections.abc import Callable
 from importlib import resources
 from typing import Any, Literal
 
-from fastapi import FastAPI, Query, Request
+from fastapi import FastAPI, Query
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from llmclf.errors import ReviewConflict, StoreError
 from llmclf.store import Store
 
-__all__ = ["add_review_routes", "create_review_app", "row_for_page"]
+__all__ = ["add_review_routes", "row_for_page"]
 
 _STATIC = {
     "review.js": "text/javascript; charset=utf-8",
@@ -272,24 +273,3 @@ def _decide(
 
 def _body(type_: str, message: str) -> dict[str, Any]:
     return {"error": {"type": type_, "message": message}}
-
-
-def create_review_app(store: Store, settings: Any = None) -> FastAPI:
-    """The review page and its API alone (``llmclf review ui``), with the service's guard."""
-    from llmclf.service.app import GuardMiddleware, ServiceSettings, error_response
-    from llmclf.service.metrics import ServiceMetrics
-
-    settings = settings or ServiceSettings()
-    app = FastAPI(title="llmclf review", version="1")
-    app.add_middleware(GuardMiddleware, settings=settings, metrics=ServiceMetrics())
-
-    from fastapi.exceptions import RequestValidationError
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
-        from llmclf.service.app import _validation_message
-
-        return error_response(422, "invalid_request", _validation_message(exc))
-
-    add_review_routes(app, lambda: store, auth_required=bool(settings.api_keys))
-    return app
