@@ -637,3 +637,41 @@ def test_ray_survives_a_worker_node_dying_and_matches_the_async_engine(
             progress=False,
         )
     assert read_jsonl(tmp_path / "ray.jsonl") == read_jsonl(tmp_path / "async.jsonl")
+
+
+# -- distill --labels: labels made already, no teacher call ---------------------------------------
+@pytest.mark.slow
+def test_distill_trains_on_a_labels_file_without_asking_the_teacher(
+    fake: FakeProvider, task_file: Path, tmp_path: Path, llmclf_home: Path
+) -> None:
+    src = write_input(tmp_path / "in.jsonl", 24)
+    out = tmp_path / "labels.jsonl"
+    res = runner.invoke(app, ["label", "--task", str(task_file), "--teacher", fake.spec(),
+                              "--input", str(src), "--out", str(out), "--no-progress"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    asked = len(fake.chat_requests)
+    model = tmp_path / "student"
+    res = runner.invoke(app, ["distill", "--task", str(task_file), "--teacher", fake.spec(),
+                              "--labels", str(out), "--out", str(model), "--mode", "head-only",
+                              "--no-int8", "--quiet", "--json"])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    assert len(fake.chat_requests) == asked  # the file's labels, not the teacher's calls
+    card = json.loads((model / "card.json").read_text())
+    assert card["data"]["n_labelled"] == 24 and card["data"]["source"] == str(out)
+    assert card["data"]["teacher_counts"] == {"negative": 16, "positive": 8}
+
+
+def test_distill_labels_file_errors_name_the_file_line_and_field(
+    task_file: Path, tmp_path: Path
+) -> None:
+    bad = tmp_path / "labels.jsonl"
+    bad.write_text(
+        json.dumps({"text": "fine", "label": "positive"}) + "\n"
+        + json.dumps({"text": "meh", "label": "neutral"}) + "\n"
+    )  # fmt: skip
+    args = ["distill", "--task", str(task_file), "--teacher", "llm:local", "--labels", str(bad),
+            "--out", str(tmp_path / "m"), "--quiet"]  # fmt: skip
+    res = runner.invoke(app, args)
+    assert res.exit_code != 0
+    assert f"{bad}:2: label: unknown label 'neutral'" in str(res.exception)
+    assert not (tmp_path / "m").exists()

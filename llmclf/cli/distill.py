@@ -155,6 +155,14 @@ def distill_command(
         typer.Option(help="Write teacher labels: FILE.jsonl, or a directory (datasets.Dataset)."),
     ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    labels: Annotated[
+        Path | None,
+        typer.Option(
+            help="Teacher labels made already (llmclf label --out FILE: .jsonl, .parquet or a "
+            "dataset directory); no teacher call labels texts (--teacher still scores the "
+            "--eval-set).",
+        ),
+    ] = None,
     calibrate: Annotated[
         str | None,
         typer.Option(
@@ -200,14 +208,15 @@ def distill_command(
             quiet=quiet, as_json=as_json, echo=echo,
         )  # fmt: skip
         return
-    if unlabeled is None:
+    if unlabeled is None and labels is None:
         raise typer.BadParameter(
-            "give the texts to label (or --from-pool)", param_hint="--unlabeled"
+            "give the texts to label (or --labels FILE, or --from-pool)", param_hint="--unlabeled"
         )
 
     config = DistillConfig(
         teacher=teacher,
-        unlabeled=unlabeled,
+        unlabeled=str(unlabeled if unlabeled is not None else labels),
+        labels=labels,
         out=out,
         task=task,
         eval_set=eval_set,

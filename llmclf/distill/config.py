@@ -71,6 +71,8 @@ class DistillConfig(BaseModel):
     limit: int | None = None
     text_field: str = "text"
     export_labels: Path | None = None
+    #: labels made already (``llmclf label --out FILE``): no teacher call labels texts
+    labels: Path | None = None
     # selection
     min_confidence: float | None = None
     balance_ratio: float | None = DEFAULT_BALANCE_RATIO

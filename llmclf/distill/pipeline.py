@@ -211,6 +211,16 @@ def _start(
 def _label(job: _Job) -> TeacherLabels:
     cfg = job.cfg
     t0 = time.perf_counter()
+    if cfg.labels is not None:
+        from llmclf.distill.ready_labels import labels_from_file
+
+        labels = labels_from_file(job.task, cfg.labels)
+        job.timings["label_s"] = time.perf_counter() - t0
+        job.say(
+            f"teacher labels: {len(labels.rows)} rows read from {cfg.labels} "
+            f"({labels.n_abstained} abstained; no teacher call)"
+        )
+        return _checked(labels)
     labels = label_unlabeled(
         job.task,
         cfg.teacher,
@@ -233,6 +243,10 @@ def _label(job: _Job) -> TeacherLabels:
     if cfg.export_labels is not None:
         path = export_teacher_labels(labels.rows, job.task, cfg.export_labels)
         job.say(f"teacher labels exported to {path}")
+    return _checked(labels)
+
+
+def _checked(labels: TeacherLabels) -> TeacherLabels:
     if not labels.labelled:
         raise DistillError(
             f"{labels.source}: the teacher abstained on every one of its {len(labels.rows)} "
