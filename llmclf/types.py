@@ -251,12 +251,6 @@ class Prediction(BaseModel):
             return min(self.scores.get(lab, 0.0) for lab in self.labels)
         return max(self.scores.values())
 
-    @property
-    def effective_threshold(self) -> float:
-        """The decision threshold this answer was decided at: ``threshold`` when it carries
-        one, else 0.5 (an answer carries its threshold whenever it is not 0.5)."""
-        return 0.5 if self.threshold is None else self.threshold
-
     def matches(self, gold: Sequence[str] | str) -> bool:
         """True when this answer is the gold answer: same labels, not abstained.
 

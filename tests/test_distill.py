@@ -38,6 +38,7 @@ from llmclf.distill import (
     label_unlabeled,
     select_training_set,
 )
+from llmclf.distill.teacher import decided_at
 from llmclf.errors import ConfigError, ParityError, TaskFileError
 from llmclf.prompts import PromptTemplate
 from llmclf.store import Store, open_store
@@ -637,6 +638,11 @@ def test_binary_certainty_is_measured_from_the_task_threshold(sst2_task: Task) -
     # the answer's own threshold wins: a calibrated answer was decided at 0.5, not the task's
     calibrated = label_certainty(tilted, ["negative"], {"negative": 0.8, "positive": 0.2}, 0.5)
     assert calibrated == 0.8
+    raw = Prediction(labels=("positive",), scores={"negative": 0.6, "positive": 0.4},
+                     score_source="logprobs", backend="x")
+    assert decided_at(tilted, raw) == 0.25  # an uncalibrated answer: the task's threshold
+    assert decided_at(tilted, raw.model_copy(update={"calibrated": True})) == 0.5
+    assert decided_at(tilted, raw.model_copy(update={"threshold": 0.3})) == 0.3
 
 
 def test_end_to_end_refuses_a_budget_of_no_steps(sst2_task: Task) -> None:

@@ -28,7 +28,7 @@ import numpy as np
 
 from llmclf.datasets import load_cases
 from llmclf.distill.config import DEFAULT_BALANCE_RATIO, DEFAULT_MIN_PER_LABEL
-from llmclf.distill.teacher import TeacherRow, label_certainty
+from llmclf.distill.teacher import TeacherRow, decided_at, label_certainty
 from llmclf.errors import ConfigError
 from llmclf.store import Store, open_store
 from llmclf.types import Task
@@ -226,7 +226,7 @@ def min_confidence_from_eval(task: Task, teacher_run: EvalRun) -> tuple[float, s
         (
             0.0
             if p.abstained
-            else label_certainty(task, p.labels, p.scores, p.effective_threshold),
+            else label_certainty(task, p.labels, p.scores, decided_at(task, p)),
             p.matches(c.labels),
         )
         for p, c in zip(teacher_run.predictions, teacher_run.cases, strict=True)

@@ -107,7 +107,7 @@ def label_certainty(
     Binary: the distance of the positive score from the task's decision threshold, rescaled
     so that the threshold maps to 0.5 and a score of 0 or 1 to 1.0 (with the default
     threshold 0.5 this is ``max(p, 1 - p)``); ``threshold`` is the one the answer was
-    decided at (`Prediction.effective_threshold`), the task's own when None. Multi-class: the
+    decided at (`decided_at`), the task's own when None. Multi-class: the
     chosen label's score.
     Multi-label: the least certain per-label decision, ``min(max(s, 1 - s))``.
 
@@ -132,6 +132,23 @@ def label_certainty(
     return float(max(scores.values()))
 
 
+def decided_at(task: Task, pred: Prediction) -> float:
+    """The binary threshold ``pred`` was decided at: the one it carries, else 0.5 for a
+    calibrated answer (its scores are probabilities), else the task's own.
+
+    Example:
+        >>> from llmclf.types import Task
+        >>> t = Task(name="t", kind="binary", labels={"n": "", "p": ""}, positive_label="p",
+        ...          threshold=0.34)
+        >>> decided_at(t, Prediction(labels=("p",), scores={"n": 0.6, "p": 0.4},
+        ...                          score_source="logprobs", backend="x"))
+        0.34
+    """
+    if pred.threshold is not None:
+        return pred.threshold
+    return 0.5 if pred.calibrated else task.threshold
+
+
 def _row_from_record(task: Task, rec: dict[str, Any]) -> TeacherRow:
     pred = Prediction.model_validate(rec["prediction"]["prediction"])
     meta = rec["prediction"]
@@ -143,7 +160,7 @@ def _row_from_record(task: Task, rec: dict[str, Any]) -> TeacherRow:
         labels=tuple(pred.labels),
         scores=scores,
         confidence=0.0 if pred.abstained else label_certainty(
-            task, pred.labels, scores, pred.effective_threshold
+            task, pred.labels, scores, decided_at(task, pred)
         ),
         abstained=pred.abstained,
         id=meta.get("id"),
