@@ -13,7 +13,7 @@ import contextlib
 import fcntl
 import json
 import os
-import select
+import selectors
 import shutil
 import subprocess
 import time
@@ -95,7 +95,10 @@ class Chromium:
             left = deadline - time.monotonic()
             if left <= 0:
                 raise TimeoutError(f"no answer from Chromium; log: {self.log_path.read_text()}")
-            ready, _, _ = select.select([self._r], [], [], left)
+            # a selector, not select(): late in a long run this process's fds pass 1024
+            with selectors.DefaultSelector() as sel:
+                sel.register(self._r, selectors.EVENT_READ)
+                ready = sel.select(left)
             if ready:
                 chunk = os.read(self._r, 1 << 16)
                 if not chunk:
