@@ -210,6 +210,28 @@ def hash_file(path: Path) -> str:
     return h.hexdigest()[:16]
 
 
+def teacher_options(
+    prompt: str | None, few_shot_pool: str | Path | None
+) -> tuple[dict[str, Any], str | None]:
+    """The teacher backend's options for a labelling job, and the few-shot pool's hash (part of
+    the job id, so every engine that labels the same job finds the same rows).
+
+    Example:
+        >>> teacher_options("few_shot", None)
+        ({'prompt': 'few_shot'}, None)
+    """
+    options: dict[str, Any] = {}
+    if prompt:
+        options["prompt"] = prompt
+    pool_hash = None
+    if few_shot_pool is not None:
+        if not Path(few_shot_pool).is_file():
+            raise ConfigError(f"few-shot pool not found: {few_shot_pool}")
+        options["few_shot_pool"] = str(few_shot_pool)
+        pool_hash = hash_file(Path(few_shot_pool))
+    return options, pool_hash
+
+
 class UnlabeledSource:
     """An input file (or stdin, read once into memory) that can be iterated more than once."""
 
@@ -288,15 +310,7 @@ def label_unlabeled(
     if total == 0:
         raise ConfigError(f"{src.name}: no texts to label (the file is empty)")
 
-    options: dict[str, Any] = {}
-    if prompt:
-        options["prompt"] = prompt
-    pool_hash = None
-    if few_shot_pool is not None:
-        if not Path(few_shot_pool).is_file():
-            raise ConfigError(f"few-shot pool not found: {few_shot_pool}")
-        options["few_shot_pool"] = str(few_shot_pool)
-        pool_hash = hash_file(Path(few_shot_pool))
+    options, pool_hash = teacher_options(prompt, few_shot_pool)
     own_backend = not isinstance(teacher, Backend)
     backend: Backend = (
         make_backend(teacher, task, store=store, **options) if isinstance(teacher, str) else teacher

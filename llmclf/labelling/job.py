@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from llmclf.backends.base import Backend
+from llmclf.distill.teacher import hash_file, teacher_options
 from llmclf.errors import ConfigError, InputTextError
 from llmclf.redaction import redact_spec
 from llmclf.store import Store
@@ -43,14 +44,6 @@ class Item:
 
 def _hash_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()[:16]
-
-
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()[:16]
 
 
 @dataclass
@@ -97,7 +90,7 @@ class LabelJob:
             path = Path(source)
             if not path.is_file():
                 raise ConfigError(f"input file not found: {source}")
-            name, src_hash = str(source), _hash_file(path)
+            name, src_hash = str(source), hash_file(path)
             texts = iter_texts(path, text_field=text_field, skip_empty=True)
         else:
             stream = sys.stdin if str(source) == "-" else source
@@ -120,15 +113,7 @@ class LabelJob:
             items.append(item)
         if not items and not skipped:
             raise ConfigError(f"{name}: no texts to label (the file is empty)")
-        options: dict[str, Any] = {}
-        if prompt:
-            options["prompt"] = prompt
-        pool_hash = None
-        if few_shot_pool is not None:
-            if not Path(few_shot_pool).is_file():
-                raise ConfigError(f"few-shot pool not found: {few_shot_pool}")
-            options["few_shot_pool"] = str(few_shot_pool)
-            pool_hash = _hash_file(Path(few_shot_pool))
+        options, pool_hash = teacher_options(prompt, few_shot_pool)
         backend = make_backend(teacher, task, store=store, **options)
         template = getattr(backend, "template", None)
         prompt_id: str | None = getattr(template, "id", None)
