@@ -11,6 +11,7 @@ Example:
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -115,7 +116,8 @@ def serve(
     from llmclf.service.workers import WorkerSpec, api_keys_from_env, run_workers
     from llmclf.store import open_store
 
-    keys = api_keys_from_env(api_key_env)
+    # a config file written for a cluster names the keys' variable; it need not be set here
+    keys = frozenset() if ray and print_config else api_keys_from_env(api_key_env)
     options = {
         "rate_limit_per_s": rate_limit,
         "rate_burst": rate_burst,
@@ -127,7 +129,11 @@ def serve(
         "microbatch_max": micro_batch,
     }
     settings = ServiceSettings(api_keys=keys, **options)  # type: ignore[arg-type]
-    use_db(store)
+    if ray and print_config:  # for the cluster's replicas: not reached from here
+        if store:
+            os.environ[ENV_VAR] = store
+    else:
+        use_db(store)
     auth = f"; API key from ${api_key_env}" if keys else ""
     ray_flags = [f for f, on in (("--ray-address", ray_address is not None),
                                   ("--replicas", replicas is not None),
