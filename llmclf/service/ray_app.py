@@ -290,12 +290,10 @@ class RemoteBackend(Backend):
     async def apredict_batch(
         self, texts: Sequence[str], hints: Hints | None = None
     ) -> list[Prediction]:
-        from ray.exceptions import RayActorError
-
         for attempt in range(self.retries + 1):
             try:
                 return list(await self.handle.predict.remote(list(texts), hints))
-            except RayActorError as exc:
+            except _replica_gone() as exc:
                 if attempt == self.retries:
                     raise BackendError(
                         f"every replica tried died ({type(exc).__name__})", backend=self.name
@@ -306,18 +304,24 @@ class RemoteBackend(Backend):
 
     def predict_batch(self, texts: Sequence[str], hints: Hints | None = None) -> list[Prediction]:
         """Blocking form, for a caller outside an event loop."""
-        from ray.exceptions import RayActorError
-
         for attempt in range(self.retries + 1):
             try:
                 return list(self.handle.predict.remote(list(texts), hints).result())
-            except RayActorError as exc:
+            except _replica_gone() as exc:
                 if attempt == self.retries:
                     raise BackendError(
                         f"every replica tried died ({type(exc).__name__})", backend=self.name
                     ) from None
                 time.sleep(0.05 * (attempt + 1))
         raise AssertionError("unreachable")
+
+
+def _replica_gone() -> tuple[type[BaseException], ...]:
+    """The errors of a call whose replica died or left before answering (worth a retry)."""
+    from ray.exceptions import RayActorError
+    from ray.serve.exceptions import ReplicaUnavailableError
+
+    return (RayActorError, ReplicaUnavailableError)
 
 
 class RemoteStudent(RemoteBackend):
