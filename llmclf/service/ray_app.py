@@ -34,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import math
 import os
 import pickle
 import signal
@@ -563,7 +564,9 @@ def run_ray_serve(
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         if local:
-            ray.init(include_dashboard=False, namespace="llmclf")
+            # Ray's CPUs are a scheduling budget: on a small machine, enough for every replica
+            cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(args)))
+            ray.init(num_cpus=cpus, include_dashboard=False, namespace="llmclf")
         else:
             ray.init(address=address, namespace="llmclf")
         try:
@@ -588,6 +591,17 @@ def run_ray_serve(
             ray.shutdown()
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+def cpus_needed(args: RayAppArgs) -> float:
+    """The CPUs Ray reserves for every replica of ``args``'s application (autoscaled ones at
+    their maximum)."""
+    total = 0.0
+    for opts in deployment_options(args, plan_deployments(args.routers)).values():
+        auto = opts.get("autoscaling_config")
+        n = auto["max_replicas"] if auto else opts["num_replicas"]
+        total += n * float(opts["ray_actor_options"]["num_cpus"])
+    return total
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
