@@ -9,6 +9,7 @@ Real provider calls are impossible here: every LLM test points llmclf at `FakePr
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,13 +31,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)
-def llmclf_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own state directory (cache, runs, review queue)."""
+def llmclf_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """Every test gets its own state directory (cache, runs, review queue); its stores and the
+    HTTP clients litellm keeps per provider address are closed after it, so a long run does not
+    pile up file descriptors (each fake provider listens on a new port)."""
     home = tmp_path_factory.mktemp("llmclf-home")
     monkeypatch.setenv("LLMCLF_HOME", str(home))
     # the store is $LLMCLF_HOME/llmclf.db unless a test names one (`--db` sets this variable)
     monkeypatch.setenv("LLMCLF_DATABASE_URL", "")
-    return home
+    yield home
+    close_stores()
+    litellm = sys.modules.get("litellm")
+    if litellm is not None:
+        litellm.in_memory_llm_clients_cache.flush_cache()
 
 
 @pytest.fixture
