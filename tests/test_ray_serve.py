@@ -61,13 +61,13 @@ def _rows(split: str, n: int) -> list[dict[str, str]]:
     return rows[:n]
 
 
-def _router_yaml(path: Path, student: str, llm: FakeProvider) -> Path:
+def _router_yaml(path: Path, student: str, llm: FakeProvider, threshold: float = 0.7) -> Path:
     path.write_text(
         "task: sst2\n"
         "backends:\n"
         f"  student: 'setfit:{student}'\n"
         f"  llm: {{spec: '{llm.spec()}', options: {{max_retries: 0}}}}\n"
-        "cascade: {student: student, escalate_to: llm, threshold: 0.7}\n"
+        f"cascade: {{student: student, escalate_to: llm, threshold: {threshold}}}\n"
         "fallbacks: [llm]\n"
         "review: {threshold: 1.0}\n",  # every answer is queued: each request id once
         encoding="utf-8",
@@ -196,8 +196,13 @@ def ray_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayService
 
     work = tmp_path_factory.mktemp("ray-serve")
     student = _train_student(work / "student")
+    from llmclf.backends.setfit import SetFitBackend
+
+    # a threshold between the student's confidences on TEXTS: it answers some, escalates others
+    confidences = sorted(p.confidence for p in SetFitBackend.load(student).predict_batch(TEXTS))
+    threshold = round((confidences[2] + confidences[3]) / 2, 4)
     with FakeProvider(rules={"meh": "negative", "awful": "negative"}, default="positive") as llm:
-        cfg = _router_yaml(work / "router.yaml", str(student), llm)
+        cfg = _router_yaml(work / "router.yaml", str(student), llm, threshold)
         cluster = Cluster(
             initialize_head=True,
             head_node_args={
