@@ -233,7 +233,10 @@ def ray_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayService
                 proc = subprocess.Popen(
                     [sys.executable, "-m", "llmclf.cli.main", "serve", "--router", str(cfg),
                      "--ray", "--ray-address", cluster.address, "--replicas", "2",
-                     "--port", str(port), "--api-key-env", KEY_ENV],
+                     "--port", str(port), "--api-key-env", KEY_ENV,
+                     # texts wait up to 200 ms in a replica's batch: a killed replica always
+                     # takes requests in flight with it
+                     "--batch-wait-ms", "200"],
                     env=env, stdout=out, stderr=subprocess.STDOUT,
                 )  # fmt: skip
             url = f"http://127.0.0.1:{port}"
