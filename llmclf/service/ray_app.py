@@ -560,36 +560,33 @@ def run_ray_serve(
     args = args.model_copy(update={"routers": [str(Path(p).resolve()) for p in args.routers]})
     plan_deployments(args.routers)  # a bad config fails here, not in a crash-looping replica
     local = address is None
-    # SIGTERM (a supervisor, a benchmark) stops like Ctrl-C: the app and Ray are cleaned up
+    if local:
+        # Ray's CPUs are a scheduling budget: on a small machine, enough for every replica
+        cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(args)))
+        ray.init(num_cpus=cpus, include_dashboard=False, namespace="llmclf")
+    else:
+        ray.init(address=address, namespace="llmclf")
+    # SIGTERM (a supervisor, a benchmark) stops like Ctrl-C, so the cleanup below runs; set
+    # after ray.init, which installs a handler of its own that aborts the process
     previous = signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
-        if local:
-            # Ray's CPUs are a scheduling budget: on a small machine, enough for every replica
-            cpus = max(os.cpu_count() or 1, math.ceil(cpus_needed(args)))
-            ray.init(num_cpus=cpus, include_dashboard=False, namespace="llmclf")
-        else:
-            ray.init(address=address, namespace="llmclf")
-        try:
-            serve.start(
-                http_options={"host": host, "port": port},
-                proxy_location="HeadOnly",
-                logging_config=dict(LOGGING),
-            )
-            serve.run(
-                app_builder(args), name=APP_NAME, route_prefix="/", logging_config=dict(LOGGING)
-            )
-            if on_ready is not None:
-                on_ready()
-            while True:
-                time.sleep(3600)
-        finally:
+        serve.start(
+            http_options={"host": host, "port": port},
+            proxy_location="HeadOnly",
+            logging_config=dict(LOGGING),
+        )
+        serve.run(app_builder(args), name=APP_NAME, route_prefix="/", logging_config=dict(LOGGING))
+        if on_ready is not None:
+            on_ready()
+        while True:
+            time.sleep(3600)
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut this
+        if not local:  # on a shared cluster: remove the application, leave Serve running
             with contextlib.suppress(Exception):
                 serve.delete(APP_NAME)
-            if local:
-                with contextlib.suppress(Exception):
-                    serve.shutdown()
-            ray.shutdown()
-    finally:
+        # a local instance goes with its replicas, processes and all
+        ray.shutdown()
         signal.signal(signal.SIGTERM, previous)
 
 
