@@ -101,8 +101,10 @@ def test_print_config_is_a_serve_config_naming_the_deployments(
     assert app.import_path == "llmclf.service.ray_app:app_builder"
     deployments = {d.name: d for d in app.deployments}
     assert set(deployments) == {"ingress", "student", "llm"}
-    auto = deployments["student"].autoscaling_config
-    assert auto is not None and (auto["min_replicas"], auto["max_replicas"]) == (2, 6)
+    auto = yaml.safe_load(result.stdout)["applications"][0]["deployments"][1]
+    assert auto["name"] == "student"
+    assert auto["autoscaling_config"]["min_replicas"] == 2
+    assert auto["autoscaling_config"]["max_replicas"] == 6
     assert deployments["student"].max_ongoing_requests >= 64  # room for a batch to fill
     assert app.runtime_env["env_vars"]["LLMCLF_DATABASE_URL"] == (
         "postgresql://app:***@db.internal/llmclf"
@@ -245,14 +247,17 @@ def ray_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayService
             ray.init(address=cluster.address, log_to_driver=False)
             yield RayService(url=url, router=cfg, store_db=db, proc=proc, log=log)
         finally:
+            rc = None
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
-                    proc.wait(timeout=60)
+                    rc = proc.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     proc.kill()
             ray.shutdown()
             cluster.shutdown()
+    # SIGTERM stops `llmclf serve --ray` cleanly (its application deleted from the cluster)
+    assert rc == 0, log.read_text()[-3000:]
 
 
 def _normal(resp: httpx.Response) -> tuple[int, Any]:
