@@ -20,7 +20,7 @@ from llmclf.store import Store, close_stores
 from llmclf.testing.fake_provider import FakeProvider
 from llmclf.testing.postgres import TempPostgres, postgres_bin_dir
 from llmclf.types import Task
-from tests.helpers import REPO
+from tests.helpers import REPO, SENTIMENT_TASK
 
 # Hosted providers must never be reached from the test suite.
 for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLMCLF_API_KEY"):
@@ -57,18 +57,7 @@ def fake() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def sentiment_task() -> Task:
-    return Task.from_yaml_text(
-        """
-name: sentiment
-kind: binary
-positive_label: positive
-labels:
-  - name: negative
-    description: the writer dislikes it
-  - name: positive
-    description: the writer likes it
-"""
-    )
+    return Task.from_yaml_text(SENTIMENT_TASK)
 
 
 @pytest.fixture
