@@ -373,6 +373,18 @@ def test_killing_a_student_replica_under_load_loses_no_request(ray_service: RayS
     assert not [r for r in reasons if r.startswith("fallback after student failed")]
     assert {a["prediction"]["route"][0] for _, a, _ in results} == {"student"}
 
+    # the survivor merged concurrent requests into batches (@serve.batch)
+    from ray import serve
+
+    student = serve.get_deployment_handle("student", app_name="llmclf")
+    sizes: dict[int, int] = {}
+    for _ in range(20):  # whichever replica answers: the survivor, or its new peer
+        for size, count in student.batch_sizes.remote().result().items():
+            sizes[size] = sizes.get(size, 0) + count
+        if max(sizes, default=0) > 1:
+            break
+    assert max(sizes, default=0) > 1, sizes
+
     from llmclf.store import Store
 
     rows = Store(ray_service.store_db)._read(

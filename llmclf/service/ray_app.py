@@ -39,6 +39,7 @@ import os
 import pickle
 import signal
 import time
+from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -220,11 +221,18 @@ class StudentReplica:
         self._batched.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self._batched.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llmclf-student")
+        #: how many predict_batch calls this replica made, by number of texts
+        self.sizes: Counter[int] = Counter()
 
     def describe(self) -> dict[str, Any]:
         return _about(self.backend)
 
+    def batch_sizes(self) -> dict[int, int]:
+        """This replica's ``predict_batch`` calls so far, by number of texts."""
+        return dict(self.sizes)
+
     async def _run(self, texts: list[str]) -> list[Prediction]:
+        self.sizes[len(texts)] += 1
         loop = asyncio.get_running_loop()
         try:
             return await loop.run_in_executor(self._pool, self.backend.predict_batch, texts, None)
