@@ -758,8 +758,8 @@ class LLMBackend(Backend):
         messages = self.template.render(task, text, self._examples_for(text, task))
         params = self._params(self.config.temperature, None, task)
         key = self.cache_key(messages, params, answer_schema)
-        if self.config.cache:
-            hit = self.store.cache_get(key)
+        if self.config.cache:  # an unreachable store is a miss: the answer never waits on it
+            hit = self.store.cache_lookup(key)
             if hit is not None:
                 return self._prediction(hit, start, cached=True, task=task)
         call_log = _CallLog()
@@ -778,7 +778,7 @@ class LLMBackend(Backend):
             "usage": call_log.usage.model_dump(),
         }
         if self.config.cache:
-            self.store.cache_put(key, self.config.model, record)
+            self.store.cache_offer(key, self.config.model, record)
         return self._prediction(record, start, cached=False, task=task)
 
     # -- offline requests (provider Batch APIs) -------------------------------------------------
