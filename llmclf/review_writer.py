@@ -4,7 +4,8 @@
 cannot be reached (`llmclf.errors.StoreUnavailable`, or the store is known degraded) the row is
 appended to this process's durable spool (`llmclf.storage.spool`, fsync'd, in
 ``$LLMCLF_HOME/spool/<store>/``) and the answer goes on. A background thread writes the spool to
-the store when it returns, retrying with a backoff that doubles up to 5 s; at start-up it adopts
+the store when it returns (the store's probe says when; a failed flush backs off, doubling up to
+5 s); at start-up it adopts
 the spools that dead processes left. Each spooled row carries a ``request_id`` (one is made up
 when the request had none), so a row written twice — a crash mid-flush, two processes — is
 stored once.
@@ -96,10 +97,9 @@ class ReviewWriter:
             token = ACQUIRE_TIMEOUT.set(REQUEST_PATH_TIMEOUT_S)
             try:
                 rid = self.store.review_add(task, text, prediction, request_id, created=created)
-                self.store.health.succeeded()
                 return "stored" if rid else "duplicate"
             except (StoreUnavailable, sqlite3.OperationalError) as exc:  # SQLite: locked, I/O
-                self.store.health.failed(exc)
+                self.store.mark_unreachable(exc)
             finally:
                 ACQUIRE_TIMEOUT.reset(token)
         # the store is down, or older rows wait in the spool: keep the order, spool this one
@@ -151,10 +151,13 @@ class ReviewWriter:
                 self._wake.wait(5.0)
                 self._wake.clear()
                 continue
+            if not self.store.health.ok:  # the store's probe says when it is back
+                self._stop.wait(min(0.25, self.store.health.backoff_s))
+                continue
             try:
                 n = self.flush()
             except (StoreUnavailable, sqlite3.OperationalError) as exc:
-                self.store.health.failed(exc)
+                self.store.mark_unreachable(exc)
                 self._stop.wait(backoff)
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
@@ -164,7 +167,6 @@ class ReviewWriter:
                 backoff = min(self.max_backoff_s, backoff * 2)
                 continue
             backoff = 0.25
-            self.store.health.succeeded()
             if n:
                 log.warning("review spool: %d row(s) written to %s", n, self.store.path)
 

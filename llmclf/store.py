@@ -187,6 +187,8 @@ class Store:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
         #: whether the store answers now, as the request path last found it
         self.health = StoreHealth(self.path)
+        self._probe: threading.Thread | None = None
+        self._probe_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -214,7 +216,8 @@ class Store:
         """``call()``, or ``default`` when the store is degraded (`health`) or fails now.
 
         The call waits `REQUEST_PATH_TIMEOUT_S` at most for a connection; a failure is logged,
-        marks the store degraded and is counted. For what an answer may do without: the
+        marks the store degraded (counted) and starts a background probe, so the calls after it
+        skip the store at once until it answers again. For what an answer may do without: the
         response cache.
 
         Example:
@@ -227,19 +230,44 @@ class Store:
             return default
         token = ACQUIRE_TIMEOUT.set(REQUEST_PATH_TIMEOUT_S)
         try:
-            out = call()
+            return call()
         except (StoreError, sqlite3.Error, OSError) as exc:
-            self.health.failed(exc)
+            self.mark_unreachable(exc)
             log.warning("store %s: %s skipped: %s", self.path, what, exc)
             return default
         finally:
             ACQUIRE_TIMEOUT.reset(token)
-        self.health.succeeded()
-        return out
+
+    def mark_unreachable(self, exc: BaseException) -> None:
+        """Record a failure (`health`) and probe in the background until the store answers."""
+        self.health.failed(exc)
+        with self._probe_lock:
+            if self._probe is not None and self._probe.is_alive():
+                return
+            self._probe = threading.Thread(
+                target=self._probe_until_healthy, name="llmclf-store-probe", daemon=True
+            )
+            self._probe.start()
+
+    def _probe_until_healthy(self) -> None:
+        while not self.health.ok:
+            time.sleep(self.health.backoff_s)
+            if self.ping():
+                return
 
     def ping(self) -> bool:
-        """Whether the store answers now (a probe on the request path's short timeout)."""
-        return self.degradable("ping", lambda: bool(self._read("SELECT 1")), False)
+        """Whether the store answers now (``SELECT 1``, on the request path's short timeout);
+        a success makes a degraded store healthy again."""
+        token = ACQUIRE_TIMEOUT.set(REQUEST_PATH_TIMEOUT_S)
+        try:
+            self._read("SELECT 1")
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            self.health.failed(exc)
+            return False
+        finally:
+            ACQUIRE_TIMEOUT.reset(token)
+        self.health.succeeded()
+        return True
 
     # -- response cache ---------------------------------------------------------------------------
     def cache_get(self, key: str) -> Any | None:

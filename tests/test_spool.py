@@ -62,7 +62,7 @@ def test_a_store_away_spools_and_a_healthy_one_is_written_directly(tmp_path: Pat
     writer = ReviewWriter(store, tmp_path / "spool")
     assert writer.add("sst2", "a", {"labels": ["x"]}, request_id="a1") == "stored"
     assert writer.add("sst2", "a", {"labels": ["x"]}, request_id="a1") == "duplicate"
-    store.health.failed(StoreUnavailable("store gone"))  # as the request path found it
+    store.mark_unreachable(StoreUnavailable("store gone"))  # as the request path found it
     assert writer.add("sst2", "b", {"labels": ["x"]}, request_id="b1") == "spooled"
     assert writer.add("sst2", "c", {"labels": ["x"]}) == "spooled"  # no request id: one is made
     # the flusher (started by the first spooled row) writes them as soon as the store answers

@@ -589,7 +589,7 @@ def create_app(
             "status": "ok", "tasks": sorted(state.backends), "in_flight": state.in_flight,
         }  # fmt: skip
         if stores:
-            store = await _store_state(stores)
+            store = _store_state(stores)
             out["store"] = store
             if not store["ok"] or store["spooled"]:
                 out["status"] = "degraded"
@@ -614,13 +614,11 @@ def _stores_of(backends: Any, review_store: Store | None) -> list[Store]:
     return list(found.values())
 
 
-async def _store_state(stores: list[Store]) -> dict[str, Any]:
-    """``{"ok", "error", "since", "spooled", "url"}`` of the stores (the first one's URL):
-    a degraded store is probed (short timeout, once per backoff) so that the state is fresh."""
+def _store_state(stores: list[Store]) -> dict[str, Any]:
+    """``{"ok", "error", "since", "spooled", "url"}`` of the stores (the first one's URL), as
+    the request path last found them (a degraded store is probed in the background)."""
     ok, error, since, spooled = True, None, None, 0
     for st in stores:
-        if not st.health.ok and st.health.allow():
-            await asyncio.to_thread(st.ping)
         snap = st.health.snapshot()
         if not snap["ok"]:
             ok = False

@@ -1,9 +1,9 @@
 """Whether the store answers now: a small circuit breaker the request path consults.
 
 After a failure the store is *degraded*: request-path calls skip it (the cache is not read, review
-writes go to the spool) instead of each waiting on a dead server, and one caller at a time is let
-through to probe it, with a backoff that doubles up to ``max_backoff_s``. The first success
-makes it healthy again.
+writes go to the spool) instead of each waiting on a dead server; a background probe (see
+`llmclf.store.Store.degradable`) retries with a backoff that doubles up to ``max_backoff_s``,
+and the first success makes it healthy again.
 
 Example:
     >>> h = StoreHealth("postgresql://app:***@db/llmclf")
@@ -44,20 +44,16 @@ class StoreHealth:
         self.errors_total = 0
         self.on_error: list[Callable[[str], None]] = []
         self._backoff = min_backoff_s
-        self._next_try = 0.0
         self._lock = threading.Lock()
 
     def allow(self) -> bool:
-        """Whether to call the store now: always when healthy; when degraded, one caller per
-        backoff period (the probe)."""
-        if self.ok:
-            return True
-        now = time.monotonic()
-        with self._lock:
-            if now < self._next_try:
-                return False
-            self._next_try = now + self._backoff  # the others skip while this one probes
-            return True
+        """Whether the request path may call the store now (only while it is healthy)."""
+        return self.ok
+
+    @property
+    def backoff_s(self) -> float:
+        """How long the probe waits before its next try."""
+        return self._backoff
 
     def succeeded(self) -> None:
         """A call worked: healthy again."""
@@ -67,7 +63,6 @@ class StoreHealth:
             was = self.error
             self.ok, self.error, self.since = True, None, None
             self._backoff = self.min_backoff_s
-            self._next_try = 0.0
         log.warning("store %s is reachable again (it was degraded: %s)", self.display, was)
 
     def failed(self, exc: BaseException) -> None:
@@ -82,7 +77,6 @@ class StoreHealth:
                 self.since = time.time()
             else:
                 self._backoff = min(self.max_backoff_s, self._backoff * 2)
-            self._next_try = time.monotonic() + self._backoff
         if first:
             log.error("store %s is unreachable, degrading (no cache, review writes spooled): %s",
                       self.display, message)  # fmt: skip
