@@ -187,7 +187,6 @@ def test_answers_keep_flowing_while_postgres_is_down_and_the_spool_drains_once(
     assert store["ok"] is False and store["spooled"] >= 10
     assert f"127.0.0.1:{pg.port}" in store["error"] and pg.password not in json.dumps(down)
     assert store["url"] == pg.url(db.rsplit("/", 1)[1], password="***")
-    assert down["status"] == "degraded" and down["store"]["ok"] is False  # still down
     # every answer's row, each exactly once (the spooled ones written when the database returned)
     assert review_ids(db) == sorted(codes)
     assert spool_files(llmclf_home) == []
