@@ -30,4 +30,4 @@ fi
 # the layers of docs/ARCHITECTURE.md and no import cycle (pyproject.toml [tool.importlinter])
 .venv/bin/lint-imports
 export LLMCLF_HOME="${LLMCLF_HOME:-$(mktemp -d)}"
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=30 "$@"

@@ -9,6 +9,7 @@ Real provider calls are impossible here: every LLM test points llmclf at `FakePr
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ from llmclf.store import Store, close_stores
 from llmclf.testing.fake_provider import FakeProvider
 from llmclf.testing.postgres import TempPostgres, postgres_bin_dir
 from llmclf.types import Task
-from tests.helpers import REPO
+from tests.helpers import REPO, SENTIMENT_TASK
 
 # Hosted providers must never be reached from the test suite.
 for _var in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "LLMCLF_API_KEY"):
@@ -30,13 +31,21 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
 @pytest.fixture(autouse=True)
-def llmclf_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """Every test gets its own state directory (cache, runs, review queue)."""
+def llmclf_home(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Path]:
+    """Every test gets its own state directory (cache, runs, review queue); its stores and the
+    HTTP clients litellm keeps per provider address are closed after it, so a long run does not
+    pile up file descriptors (each fake provider listens on a new port)."""
     home = tmp_path_factory.mktemp("llmclf-home")
     monkeypatch.setenv("LLMCLF_HOME", str(home))
     # the store is $LLMCLF_HOME/llmclf.db unless a test names one (`--db` sets this variable)
     monkeypatch.setenv("LLMCLF_DATABASE_URL", "")
-    return home
+    yield home
+    close_stores()
+    litellm = sys.modules.get("litellm")
+    if litellm is not None:
+        litellm.in_memory_llm_clients_cache.flush_cache()
 
 
 @pytest.fixture
@@ -48,18 +57,7 @@ def fake() -> Iterator[FakeProvider]:
 
 @pytest.fixture
 def sentiment_task() -> Task:
-    return Task.from_yaml_text(
-        """
-name: sentiment
-kind: binary
-positive_label: positive
-labels:
-  - name: negative
-    description: the writer dislikes it
-  - name: positive
-    description: the writer likes it
-"""
-    )
+    return Task.from_yaml_text(SENTIMENT_TASK)
 
 
 @pytest.fixture

@@ -27,20 +27,11 @@ from llmclf.labelling.batch import BatchOptions
 from llmclf.store import Store
 from llmclf.testing import BatchScript, FakeProvider
 from llmclf.types import Task
-from tests.helpers import REPO
+from tests.helpers import REPO, SENTIMENT_TASK
 
 runner = CliRunner()
 
-TASK_YAML = """
-name: sentiment
-kind: binary
-positive_label: positive
-labels:
-  - name: negative
-    description: the writer dislikes it
-  - name: positive
-    description: the writer likes it
-"""
+TASK_YAML = SENTIMENT_TASK
 
 
 @pytest.fixture

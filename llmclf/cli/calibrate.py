@@ -24,7 +24,7 @@ from rich.table import Table
 
 from llmclf.calibrate import calibrate
 from llmclf.calibration import METHODS
-from llmclf.cli.common import DbOpt, use_db
+from llmclf.cli.common import BackendOpt, DbOpt, EvalSetOpt, ProgressOpt, use_db
 from llmclf.datasets import load_eval_set
 from llmclf.errors import ConfigError
 from llmclf.evaluate import default_pool
@@ -36,12 +36,8 @@ def _fmt(v: Any) -> str:
 
 
 def calibrate_command(
-    eval_set: Annotated[
-        str, typer.Option("--eval-set", "-e", help="Eval-set name, directory or task.yaml.")
-    ] = ...,  # type: ignore[assignment]
-    backend: Annotated[
-        str, typer.Option("--backend", "-b", help="Backend spec, e.g. llm:local.")
-    ] = "llm:local",
+    eval_set: EvalSetOpt = ...,  # type: ignore[assignment]
+    backend: BackendOpt = "llm:local",
     method: Annotated[
         str, typer.Option("--method", "-m", help=f"One of {', '.join(METHODS)}.")
     ] = "temperature",
@@ -70,10 +66,7 @@ def calibrate_command(
     ] = True,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     db: DbOpt = None,
-    progress: Annotated[
-        bool | None,
-        typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
-    ] = None,
+    progress: ProgressOpt = None,
 ) -> None:
     """Fit a calibrator for a backend and print accuracy, ECE and Brier before and after, on
     cases it was not fitted on."""

@@ -10,7 +10,7 @@ from typing import Annotated, Any
 import typer
 
 from llmclf.classifier import Classifier
-from llmclf.cli.common import DbOpt, print_json_line, resolve_task, use_db
+from llmclf.cli.common import BackendOpt, DbOpt, print_json_line, resolve_task, use_db
 from llmclf.unlabeled import TextItem, iter_texts
 
 
@@ -19,9 +19,7 @@ def classify(
     task: Annotated[str, typer.Option("--task", "-t", help="task.yaml path or eval-set name.")] = (
         ...  # type: ignore[assignment]
     ),
-    backend: Annotated[
-        str, typer.Option("--backend", "-b", help="Backend spec, e.g. llm:local.")
-    ] = "llm:local",
+    backend: BackendOpt = "llm:local",
     input: Annotated[
         Path | None,
         typer.Option("--input", "-i", help="JSONL/CSV/TSV/Parquet/text file; '-' reads stdin."),

@@ -1,5 +1,6 @@
-"""Helpers shared by CLI commands: loading a task by path or eval-set name, printing JSON, the
-store option ``--db``."""
+"""Helpers shared by CLI commands: loading a task by path or eval-set name, printing JSON, and
+the options several commands take with one meaning (``--db``, ``--eval-set``, ``--backend``,
+``--progress``)."""
 
 from __future__ import annotations
 
@@ -48,3 +49,18 @@ def use_db(db: str | Path | None) -> None:
         return
     os.environ[ENV_VAR] = str(db)
     open_store(str(db))
+
+
+#: ``--eval-set``: what a command evaluates or calibrates on (required).
+EvalSetOpt = Annotated[
+    str, typer.Option("--eval-set", "-e", help="Eval-set name, directory or task.yaml.")
+]
+
+#: ``--backend``: what answers (default: the embedded LLM).
+BackendOpt = Annotated[str, typer.Option("--backend", "-b", help="Backend spec, e.g. llm:local.")]
+
+#: ``--progress/--no-progress``: a progress bar; ``None`` shows it on a terminal only.
+ProgressOpt = Annotated[
+    bool | None,
+    typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
+]

@@ -21,7 +21,7 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from llmclf.cli.common import DbOpt, use_db
+from llmclf.cli.common import BackendOpt, DbOpt, EvalSetOpt, ProgressOpt, use_db
 from llmclf.cli.runs import print_diff, print_run
 from llmclf.datasets import load_eval_set
 from llmclf.errors import ConfigError
@@ -38,12 +38,8 @@ from llmclf.store import open_store
 
 
 def eval_command(
-    eval_set: Annotated[
-        str, typer.Option("--eval-set", "-e", help="Eval-set name, directory or task.yaml.")
-    ] = ...,  # type: ignore[assignment]
-    backend: Annotated[
-        str, typer.Option("--backend", "-b", help="Backend spec, e.g. llm:local.")
-    ] = "llm:local",
+    eval_set: EvalSetOpt = ...,  # type: ignore[assignment]
+    backend: BackendOpt = "llm:local",
     prompt: Annotated[
         str | None,
         typer.Option("--prompt", "-p", help="Prompt template (name, name.vN or path); llm: only."),
@@ -89,10 +85,7 @@ def eval_command(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print one JSON object instead of tables.")
     ] = False,
-    progress: Annotated[
-        bool | None,
-        typer.Option("--progress/--no-progress", help="Progress bar (default: on a terminal)."),
-    ] = None,
+    progress: ProgressOpt = None,
     resume: Annotated[
         bool,
         typer.Option("--resume/--no-resume", help="Continue an interrupted run of the same eval."),

@@ -34,6 +34,10 @@ class SQLiteDatabase:
         self.path = path
         self.display = path
         self._local = threading.local()
+        # every thread's connection, so `close` can close them all (a thread keeps its own)
+        self._conns: set[sqlite3.Connection] = set()
+        self._conns_lock = threading.Lock()
+        self._generation = 0
         self._memory_conn: sqlite3.Connection | None = None
         self._memory_lock = threading.Lock()
         if path != ":memory:":
@@ -45,13 +49,20 @@ class SQLiteDatabase:
                 self._memory_conn = sqlite3.connect(":memory:", check_same_thread=False)
             return self._memory_conn
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, timeout=60.0, isolation_level=None)
+        if conn is None or getattr(self._local, "generation", -1) != self._generation:
+            # check_same_thread=False only so that `close` may close it from another thread;
+            # each connection is still used by the one thread that opened it
+            conn = sqlite3.connect(
+                self.path, timeout=60.0, isolation_level=None, check_same_thread=False
+            )
             _set_wal(conn)
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=60000")
+            with self._conns_lock:
+                self._conns.add(conn)
             self._local.conn = conn
+            self._local.generation = self._generation
         return conn
 
     @contextmanager
@@ -99,11 +110,17 @@ class SQLiteDatabase:
         return str(self.read("PRAGMA integrity_check")[0][0])
 
     def close(self) -> None:
-        """Close this thread's connection (others close when their thread ends)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every thread's connection; a thread that uses the database again reconnects.
+        Call it when no write is in flight (shutdown, between tests)."""
+        with self._conns_lock:
+            conns, self._conns = self._conns, set()
+            self._generation += 1
+        for conn in conns:
             conn.close()
-            self._local.conn = None
+        self._local.conn = None
+        if self._memory_conn is not None:
+            self._memory_conn.close()
+            self._memory_conn = None
 
 
 def _set_wal(conn: sqlite3.Connection, wait_s: float = 60.0) -> None:
