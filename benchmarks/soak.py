@@ -8,7 +8,9 @@ What it does:
    real student such as ``setfit:models/sst2``, a second `FakeProvider` playing the student)
    in a process of their own,
    writes a router config (cascade student → llm, review queue for unsure answers) and starts
-   ``llmclf serve`` on it in a subprocess, with its own SQLite store.
+   ``llmclf serve`` on it in a subprocess, with its own SQLite store (``--db URL``: that store;
+   ``--temp-postgres``: a throwaway PostgreSQL server, `TempPostgres`, for the review queue and
+   the cache).
 2. Measures the maximum throughput: ``--concurrency`` closed-loop clients for ``--measure`` s
    give a saturation rate; then open-loop steps of ``--ramp-s`` s at 40%, 55%, ... 115% of it
    find the highest rate the server keeps up with (all answered, p99 under 2 s). That is the
@@ -28,6 +30,7 @@ Example:
     $ python benchmarks/soak.py                       # the full 10-minute soak
     $ python benchmarks/soak.py --duration 120 --out soak.json
     $ python benchmarks/soak.py --student setfit:models/sst2 --duration 600
+    $ python benchmarks/soak.py --temp-postgres          # the review queue on PostgreSQL
 """
 
 from __future__ import annotations
@@ -305,9 +308,19 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--student", default=None, help="student spec (default: a FakeProvider)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    ap.add_argument("--db", help="store URL the service uses (default: a SQLite file of its own)")
+    ap.add_argument("--temp-postgres", action="store_true",
+                    help="serve on a throwaway PostgreSQL server (Debian postgresql)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="llmclf-soak-"))
+    pg = None
+    if args.temp_postgres:
+        from llmclf.testing.postgres import TempPostgres
+
+        pg = TempPostgres().start()
+        args.db = pg.create_database("soak")
+    db = args.db or str(work / "soak.db")
     fakes = Fakes()
     fast = "backoff_base_s=0.05&backoff_max_s=0.5&max_retries=6&max_reasks=3&timeout_s=1.5"
     student_spec = args.student or fakes.spec("student", fast)
@@ -327,10 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     log = open(work / "serve.log", "w")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmclf.cli.main", "serve", "--router", str(cfg),
-         "--port", str(port), "--store", str(work / "soak.db"), "--max-in-flight", "4096"],
+         "--port", str(port), "--db", db, "--max-in-flight", "4096"],
         env=env, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
-    result: dict[str, Any] = {"work_dir": str(work), "student": args.student or "FakeProvider"}
+    result: dict[str, Any] = {"work_dir": str(work), "student": args.student or "FakeProvider",
+                              "store": "postgresql" if db.startswith("postgres") else "sqlite"}
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -432,6 +446,16 @@ def main(argv: list[str] | None = None) -> int:
             proc.kill()
         log.close()
         fakes.stop()
+        try:
+            from llmclf.store import Store
+
+            st = Store(db)
+            result["review_rows"] = st.count("review")
+            result["store_integrity"] = st.integrity_check()
+            st.close()
+        finally:
+            if pg is not None:
+                pg.stop()
 
     def faults(text: str) -> dict[str, float]:
         out: Counter[str] = Counter()
@@ -485,6 +509,9 @@ def main(argv: list[str] | None = None) -> int:
             "faults_injected": dict(injected),  # during the measurement and the soak
             "faults_still_queued_at_end": still_queued,
             "faults_counted_by_metrics": seen,
+            "store_errors": sum(metric_sum(metrics_after, "llmclf_store_errors_total").values()),
+            "review_spooled_at_end": sum(metric_sum(metrics_after,
+                                                    "llmclf_review_spooled").values()),
             "rss_mib_start": round(rss[0][1] / 2**20, 1),
             "rss_mib_end": round(rss[-1][1] / 2**20, 1),
             "rss_mib_first_minute_median": round(statistics.median(first_min) / 2**20, 1),
@@ -511,7 +538,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{tally.sent} requests, {errors} errors, {tally.wrong_labels} wrong labels, "
         f"{sum(injected.values())} faults injected; RSS {result['rss_mib_start']} -> "
         f"{result['rss_mib_end']} MiB (growth {result['rss_growth_mib']} MiB, "
-        f"{result['rss_slope_mib_per_min']} MiB/min)"
+        f"{result['rss_slope_mib_per_min']} MiB/min); store {result['store']}: "
+        f"{result['review_rows']} review rows, {result['store_errors']:g} store errors, "
+        f"integrity {result['store_integrity']}"
     )
     return 1 if errors or tally.wrong_labels else 0
 

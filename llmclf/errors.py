@@ -23,6 +23,7 @@ LLMClfError
  ├── ExportError                 the ONNX export or quantization failed
  │    └── ParityError            an exported model's scores differ from torch's beyond the bound
  └── StoreError                  the store (SQLite or PostgreSQL) is unusable
+      ├── StoreUnavailable       the store cannot be reached now (retry later: it may return)
       └── ReviewConflict         a review item was already decided (by someone else)
 ```
 
@@ -98,6 +99,13 @@ class UnknownBackendHint(ConfigError):
 
 class StoreError(LLMClfError):
     """The store (SQLite file or PostgreSQL database) could not be opened or written."""
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached now (server down, connection lost, pool timed out).
+
+    Unlike other `StoreError`s this one is transient: the same write may succeed later, so the
+    service degrades (no cache, review writes spooled) instead of failing the answer."""
 
 
 class ReviewConflict(StoreError):

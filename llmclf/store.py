@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import threading
@@ -26,10 +27,19 @@ import uuid
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from llmclf.errors import ReviewConflict, StoreError
 from llmclf.storage import Database, connect, default_url, parse_url
+from llmclf.storage.base import ACQUIRE_TIMEOUT
+from llmclf.storage.health import StoreHealth
+
+log = logging.getLogger("llmclf.store")
+_T = TypeVar("_T")
+
+#: How long a request-path store call waits for a connection before the answer goes on
+#: without the store (`Store.degradable`).
+REQUEST_PATH_TIMEOUT_S = 2.0
 
 MIGRATIONS: list[tuple[str, str]] = [
     (
@@ -175,6 +185,10 @@ class Store:
             self._db.migrate(MIGRATIONS)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"cannot open store {self.path}: {exc}") from exc
+        #: whether the store answers now, as the request path last found it
+        self.health = StoreHealth(self.path)
+        self._probe: threading.Thread | None = None
+        self._probe_lock = threading.Lock()
 
     @property
     def dialect(self) -> str:
@@ -197,6 +211,64 @@ class Store:
         """Close this store's connections (a PostgreSQL pool; this thread's SQLite handle)."""
         self._db.close()
 
+    # -- the request path: degrade, never fail or stall ----------------------------------------
+    def degradable(self, what: str, call: Callable[[], _T], default: _T) -> _T:
+        """``call()``, or ``default`` when the store is degraded (`health`) or fails now.
+
+        The call waits `REQUEST_PATH_TIMEOUT_S` at most for a connection; a failure is logged,
+        marks the store degraded (counted) and starts a background probe, so the calls after it
+        skip the store at once until it answers again. For what an answer may do without: the
+        response cache.
+
+        Example:
+            >>> s = Store(":memory:")
+            >>> def down(): raise StoreError("server gone")
+            >>> s.degradable("cache read", down, None) is None, s.health.ok
+            (True, False)
+        """
+        if not self.health.allow():
+            return default
+        token = ACQUIRE_TIMEOUT.set(REQUEST_PATH_TIMEOUT_S)
+        try:
+            return call()
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            self.mark_unreachable(exc)
+            log.warning("store %s: %s skipped: %s", self.path, what, exc)
+            return default
+        finally:
+            ACQUIRE_TIMEOUT.reset(token)
+
+    def mark_unreachable(self, exc: BaseException) -> None:
+        """Record a failure (`health`) and probe in the background until the store answers."""
+        self.health.failed(exc)
+        with self._probe_lock:
+            if self._probe is not None and self._probe.is_alive():
+                return
+            self._probe = threading.Thread(
+                target=self._probe_until_healthy, name="llmclf-store-probe", daemon=True
+            )
+            self._probe.start()
+
+    def _probe_until_healthy(self) -> None:
+        while not self.health.ok:
+            time.sleep(self.health.backoff_s)
+            if self.ping():
+                return
+
+    def ping(self) -> bool:
+        """Whether the store answers now (``SELECT 1``, on the request path's short timeout);
+        a success makes a degraded store healthy again."""
+        token = ACQUIRE_TIMEOUT.set(REQUEST_PATH_TIMEOUT_S)
+        try:
+            self._read("SELECT 1")
+        except (StoreError, sqlite3.Error, OSError) as exc:
+            self.health.failed(exc)
+            return False
+        finally:
+            ACQUIRE_TIMEOUT.reset(token)
+        self.health.succeeded()
+        return True
+
     # -- response cache ---------------------------------------------------------------------------
     def cache_get(self, key: str) -> Any | None:
         rows = self._read("SELECT response FROM cache WHERE key = ?", (key,))
@@ -211,6 +283,14 @@ class Store:
                 " response = excluded.response, created = excluded.created",
                 (key, model, _dumps(response), time.time()),
             )
+
+    def cache_lookup(self, key: str) -> Any | None:
+        """`cache_get` on the request path: a miss while the store is unreachable."""
+        return self.degradable("cache read", lambda: self.cache_get(key), None)
+
+    def cache_offer(self, key: str, model: str, response: Any) -> None:
+        """`cache_put` on the request path: skipped while the store is unreachable."""
+        self.degradable("cache write", lambda: self.cache_put(key, model, response), None)
 
     def cache_count(self) -> int:
         return int(self._read("SELECT COUNT(*) FROM cache")[0][0])
@@ -420,14 +500,23 @@ class Store:
 
     # -- review queue ---------------------------------------------------------------------------
     def review_add(
-        self, task: str, text: str, prediction: dict[str, Any], request_id: str | None = None
+        self,
+        task: str,
+        text: str,
+        prediction: dict[str, Any],
+        request_id: str | None = None,
+        *,
+        created: float | None = None,
     ) -> int:
-        """Queue one row; its id, or 0 when ``request_id`` was queued already."""
+        """Queue one row; its id, or 0 when ``request_id`` was queued already.
+
+        ``created``: when the answer was given (default now; a spooled row keeps its own)."""
         with self._tx() as conn:
             row = conn.execute(
                 "INSERT INTO review (request_id, created, task, text, prediction)"
                 " VALUES (?, ?, ?, ?, ?) ON CONFLICT (request_id) DO NOTHING RETURNING id",
-                (request_id, time.time(), task, text, _dumps(prediction)),
+                (request_id, time.time() if created is None else created, task, text,
+                 _dumps(prediction)),
             ).fetchone()
             return int(row[0]) if row else 0
 

@@ -8,7 +8,8 @@ background), with the shadow's labels next to the answer's.
 Each row holds the text, the answer as the caller saw it (scores, route, reason) and the task's
 labels, for ``llmclf review``. ``Hints.request_id`` makes the write idempotent (a retried
 request is stored once; the i-th text of a batch gets ``<id>#<i>``). A store that cannot be
-written is logged and never fails the answer. Each stored row emits `Event.REVIEWED`.
+reached never fails or stalls the answer: the row is spooled durably and written when the store
+returns (`llmclf.review_writer`). Each stored or spooled row emits `Event.REVIEWED`.
 
 Example:
     >>> reviewed = Review(cascade, threshold=0.6, store=store, task=task)  # doctest: +SKIP
@@ -31,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from llmclf.backends.base import Backend
 from llmclf.hooks import Event, Hooks
 from llmclf.review_strategies import ReviewGate
+from llmclf.review_writer import review_writer
 from llmclf.router.policy import Policy, RouteContext, Routed
 from llmclf.store import Store, open_store
 from llmclf.types import Prediction, Task
@@ -120,7 +122,12 @@ class Review(Policy):
             return self._store
 
     def _history(self, day_start: float) -> Iterable[Sequence[str]]:
-        return self._open().review_labels_since(self.task.name, day_start)
+        try:
+            return self._open().review_labels_since(self.task.name, day_start)
+        except Exception as exc:  # the store is down: count today's budget from here
+            log.error("router %s: cannot read today's review rows (budget counted from now): "
+                      "%s", self.router, exc)  # fmt: skip
+            return []
 
     def _write(
         self,
@@ -128,7 +135,7 @@ class Review(Policy):
         request_id: str | None,
     ) -> None:
         try:
-            store = self._open()
+            writer = review_writer(self._open())
         except Exception as exc:
             log.error("router %s: cannot open the review store: %s", self.router, exc)
             return
@@ -158,7 +165,7 @@ class Review(Policy):
                     "scores": dict(shadow.scores),
                 }
             try:
-                store.review_add(self.task.name, text, record, request_id=rid)
+                writer.add(self.task.name, text, record, request_id=rid)
             except Exception as exc:  # StoreError, sqlite3.Error, OSError: never fail the answer
                 log.error("router %s: cannot write to the review queue: %s", self.router, exc)
                 continue

@@ -8,7 +8,10 @@ Endpoints:
   ``{"task", "prediction": {...}}`` or ``{"task", "predictions": [...]}``.
 - ``GET /v1/tasks``: the tasks served, with their labels.
 - ``GET /review`` and ``/v1/review/*``: the review page and its API, when a store is given.
-- ``GET /healthz``: liveness. ``GET /metrics``: Prometheus text. ``GET /openapi.json``, ``/docs``.
+- ``GET /healthz``: liveness (always 200 while the process answers), with the store's state:
+  ``{"status": "ok"|"degraded", ..., "store": {"ok", "error", "since", "spooled", "url"}}``;
+  ``degraded`` while the store is unreachable or spooled review rows wait for it.
+  ``GET /metrics``: Prometheus text. ``GET /openapi.json``, ``/docs``.
 
 Every error is ``{"error": {"type": ..., "message": ...}}``: 4xx for bad input (422 for an
 invalid body, 413 for a body or batch over the limit, 401 without a valid API key, 404 for an
@@ -47,6 +50,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from llmclf.backends.base import Backend, Hints
 from llmclf.classifier import validate_texts
 from llmclf.errors import BackendError, ConfigError, LLMClfError, error_kind
+from llmclf.review_writer import review_writer
 from llmclf.service.batching import MicroBatcher
 from llmclf.service.metrics import CONTENT_TYPE, ServiceMetrics
 from llmclf.service.review_api import add_review_routes
@@ -451,6 +455,9 @@ def create_app(
     if not by_task:
         raise ConfigError("create_app needs at least one backend")
     state = ServiceState(backends=by_task, settings=settings, metrics=metrics)
+    stores = _stores_of(by_task.values(), review_store)
+    for st in stores:
+        st.health.on_error.append(lambda kind: metrics.store_errors.labels(kind).inc())
     for task_name, backend in list(by_task.items()):
         metrics.watch(backend, task_name)
         if settings.microbatch:
@@ -469,6 +476,10 @@ def create_app(
         # request, not during it
         for b in list(state.backends.values()):
             await asyncio.to_thread(_warm_up, b)
+        for st in stores:  # write what a stopped process left spooled (in the background)
+            writer = await asyncio.to_thread(review_writer, st)
+            writer.on_pending.append(metrics.review_spooled.set)
+            metrics.review_spooled.set(writer.pending)
         yield
         if close_backends:
             for b in state.backends.values():
@@ -572,9 +583,17 @@ def create_app(
             )
         return {"tasks": out}
 
-    @app.get("/healthz", summary="Liveness")
+    @app.get("/healthz", summary="Liveness, and the store's state")
     async def healthz() -> dict[str, Any]:
-        return {"status": "ok", "tasks": sorted(state.backends), "in_flight": state.in_flight}
+        out: dict[str, Any] = {
+            "status": "ok", "tasks": sorted(state.backends), "in_flight": state.in_flight,
+        }  # fmt: skip
+        if stores:
+            store = _store_state(stores)
+            out["store"] = store
+            if not store["ok"] or store["spooled"]:
+                out["status"] = "degraded"
+        return out
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=Response)
     async def prometheus() -> Response:
@@ -584,6 +603,29 @@ def create_app(
         add_review_routes(app, lambda: review_store, auth_required=bool(settings.api_keys))
 
     return app
+
+
+def _stores_of(backends: Any, review_store: Store | None) -> list[Store]:
+    """The stores the request path writes to: the review store, the routers' review stores."""
+    found: dict[int, Store] = {}
+    for st in [review_store, *(getattr(b, "review_store", None) for b in backends)]:
+        if isinstance(st, Store):
+            found.setdefault(id(st), st)
+    return list(found.values())
+
+
+def _store_state(stores: list[Store]) -> dict[str, Any]:
+    """``{"ok", "error", "since", "spooled", "url"}`` of the stores (the first one's URL), as
+    the request path last found them (a degraded store is probed in the background)."""
+    ok, error, since, spooled = True, None, None, 0
+    for st in stores:
+        snap = st.health.snapshot()
+        if not snap["ok"]:
+            ok = False
+            error = error or snap["error"]
+            since = since or snap["since"]
+        spooled += review_writer(st).pending
+    return {"ok": ok, "error": error, "since": since, "spooled": spooled, "url": stores[0].path}
 
 
 def create_review_app(store: Store, settings: Any = None) -> FastAPI:

@@ -18,6 +18,8 @@
 | ``llmclf_review_queued_total`` | task | answers stored for human review |
 | ``llmclf_ab_texts_total`` / ``llmclf_ab_latency_seconds`` | task, arm | A/B arms |
 | ``llmclf_in_flight_requests`` | | requests being answered now |
+| ``llmclf_store_errors_total`` | kind | store calls of the request path that failed (degraded) |
+| ``llmclf_review_spooled`` | | review rows spooled (store unreachable), not yet written |
 
 With several worker processes (``llmclf serve --workers N``, ``$PROMETHEUS_MULTIPROC_DIR`` set
 before the workers start) every counter, histogram and the in-flight gauge are added up over
@@ -191,6 +193,14 @@ class ServiceMetrics:
         self.in_flight = Gauge(
             "llmclf_in_flight_requests", "Requests being answered now", registry=r,
             multiprocess_mode="livesum",
+        )  # fmt: skip
+        self.store_errors = Counter(
+            "llmclf_store_errors", "Store calls of the request path that failed (degraded)",
+            ["kind"], registry=r,
+        )  # fmt: skip
+        self.review_spooled = Gauge(
+            "llmclf_review_spooled", "Review rows spooled while the store is unreachable",
+            registry=r, multiprocess_mode="livesum",
         )  # fmt: skip
         #: where the workers' samples are (multiprocess mode), or None for one process
         self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None

@@ -8,9 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
+from contextvars import ContextVar
 from typing import Any, Protocol
 
-__all__ = ["Cursor", "Database", "Tx"]
+__all__ = ["ACQUIRE_TIMEOUT", "Cursor", "Database", "Tx"]
+
+#: Seconds a store call may wait for a pooled connection, where set (the request path sets a
+#: short one, so an unreachable server degrades the answer instead of stalling it); None: the
+#: dialect's own timeout.
+ACQUIRE_TIMEOUT: ContextVar[float | None] = ContextVar("llmclf_store_acquire_timeout",
+                                                       default=None)
 
 
 class Cursor(Protocol):

@@ -22,11 +22,12 @@ import functools
 import re
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
-from llmclf.errors import StoreError
+from llmclf.errors import StoreError, StoreUnavailable
 from llmclf.redaction import redact
+from llmclf.storage.base import ACQUIRE_TIMEOUT
 from llmclf.storage.url import DatabaseURL
 
 __all__ = ["MIGRATION_LOCK", "PostgresDatabase", "ddl_to_postgres", "to_postgres"]
@@ -97,12 +98,21 @@ class _Tx:
 class PostgresDatabase:
     """A PostgreSQL database reached through a `psycopg_pool.ConnectionPool`.
 
-    ``max_size`` connections at most per process; the pool reconnects after a server restart."""
+    ``max_size`` connections at most per process; the pool reconnects after a server restart.
+    Nothing waits unbounded: a connection is awaited ``timeout`` seconds at most (less where
+    `ACQUIRE_TIMEOUT` says: the request path), a connection attempt ``connect_timeout``, and
+    TCP keepalives notice a server that vanished. A server that cannot be reached raises
+    `StoreUnavailable`; other database errors raise `StoreError`."""
 
     dialect = "postgresql"
 
     def __init__(
-        self, url: DatabaseURL, *, max_size: int = 8, connect_timeout: float = 10.0
+        self,
+        url: DatabaseURL,
+        *,
+        max_size: int = 8,
+        connect_timeout: float = 10.0,
+        timeout: float = 30.0,
     ) -> None:
         try:
             import psycopg
@@ -115,16 +125,29 @@ class PostgresDatabase:
         self.url = url
         self.display = url.redacted
         self._errors: tuple[type[BaseException], ...] = (psycopg.Error,)
-        timeout = max(1, round(connect_timeout))
+        self._transient: tuple[type[BaseException], ...] = (psycopg.OperationalError,)
+        self.timeout = timeout
+        connect_s = max(1, round(connect_timeout))
         try:  # one direct connection first: its error says why (the pool's would only time out)
-            psycopg.connect(url.conninfo, connect_timeout=timeout, autocommit=True).close()
+            psycopg.connect(url.conninfo, connect_timeout=connect_s, autocommit=True).close()
         except psycopg.Error as exc:
             raise self._unreachable(exc) from None
         self._pool = ConnectionPool(
             url.conninfo,
             min_size=1,
             max_size=max(1, max_size),
-            kwargs={"autocommit": True, "connect_timeout": timeout},
+            kwargs={
+                "autocommit": True,
+                "connect_timeout": connect_s,
+                # a server gone without closing its sockets is noticed in ~10 s, not hours
+                "keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2,
+                "keepalives_count": 3, "tcp_user_timeout": 10_000,
+            },
+            timeout=timeout,
+            # give up a reconnection attempt (its backoff doubles from 1 s) after 10 s: the next
+            # request starts a fresh one, so a server back after a long outage is found within
+            # seconds, not after a backoff as long as the outage
+            reconnect_timeout=10.0,
             # a connection broken by a server restart is replaced before use, not handed out
             check=ConnectionPool.check_connection,
             open=False,
@@ -139,6 +162,17 @@ class PostgresDatabase:
     def _unreachable(self, exc: BaseException) -> StoreError:
         return StoreError(f"cannot connect to store {self.display}: {self._clean(exc)}")
 
+    def _error(self, exc: BaseException) -> StoreError:
+        """``exc`` as `StoreUnavailable` (cannot reach the server) or `StoreError` (anything
+        else), naming the URL without its password."""
+        cls = StoreUnavailable if isinstance(exc, self._transient) else StoreError
+        return cls(f"store {self.display}: {self._clean(exc)}")
+
+    def _connection(self) -> AbstractContextManager[Any]:
+        """A pooled connection, awaited at most `ACQUIRE_TIMEOUT` (else ``timeout``) seconds."""
+        wait = ACQUIRE_TIMEOUT.get()
+        return self._pool.connection(timeout=self.timeout if wait is None else wait)
+
     def _clean(self, exc: BaseException) -> str:
         """An error message without the password (libpq rarely echoes it; never let it)."""
         return redact(str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc),
@@ -148,18 +182,18 @@ class PostgresDatabase:
     def transaction(self) -> Iterator[_Tx]:
         """One transaction: BEGIN on a pooled connection, COMMIT on exit, ROLLBACK on error."""
         try:
-            with self._pool.connection() as conn, conn.transaction():
+            with self._connection() as conn, conn.transaction():
                 yield _Tx(conn)
         except self._errors as exc:
-            raise StoreError(f"store {self.display}: {self._clean(exc)}") from exc
+            raise self._error(exc) from exc
 
     def read(self, sql: str, args: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         params = tuple(args)
         try:
-            with self._pool.connection() as conn:
+            with self._connection() as conn:
                 return list(conn.execute(to_postgres(sql, bool(params)), params or None).fetchall())
         except self._errors as exc:
-            raise StoreError(f"store {self.display}: {self._clean(exc)}") from exc
+            raise self._error(exc) from exc
 
     def migrate(self, migrations: Sequence[tuple[str, str]]) -> None:
         """Apply what is missing in ONE transaction, under an advisory lock held until commit."""

@@ -124,6 +124,21 @@ class TempPostgres:
         self._shutdown()
         self._launch()
 
+    def stop_server(self) -> None:
+        """Stop the server (fast shutdown: every connection is cut), keeping its data directory
+        and port for `start_server`: an outage, as clients see it."""
+        self._shutdown()
+
+    def start_server(self) -> None:
+        """Start the server stopped by `stop_server` again, on the same data and port."""
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self._launch()
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def _shutdown(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)  # fast shutdown
