@@ -17,6 +17,8 @@ Which backend answered is read from ``/metrics`` before and after each phase.
 ``--workers 1 2`` runs the load phases once per worker count (``llmclf serve --workers N``) and
 prints each setup's texts/s, p50 and p99 with its ratio to the first; ``--db URL`` serves on
 that store, ``--temp-postgres`` on a throwaway PostgreSQL server (`TempPostgres`).
+``--ray-replicas 2`` adds a setup after those: ``llmclf serve --ray --replicas 2`` (Ray Serve on
+a local Ray instance, the student in 2 micro-batching replicas, the LLM in its own deployment).
 
 ``--mode quality``: on the router task's eval set, the student and the escalation LLM each
 label every case once (the LLM through its cache); prints the accuracy vs escalation-rate curve
@@ -27,6 +29,7 @@ Example:
     $ python benchmarks/bench_service.py --router router.yaml --duration 60
     $ python benchmarks/bench_service.py --router router.yaml --mode quality
     $ python benchmarks/bench_service.py --router router.yaml --workers 1 2 --duration 30
+    $ python benchmarks/bench_service.py --router router.yaml --workers 1 2 --ray-replicas 2
 """
 
 from __future__ import annotations
@@ -230,7 +233,9 @@ def fmt(r: dict[str, Any]) -> str:
 
 
 # -- load mode ------------------------------------------------------------------------------------
-def bench_load(args: argparse.Namespace, workers: int = 1) -> dict[str, Any]:
+def bench_load(
+    args: argparse.Namespace, workers: int = 1, ray_replicas: int = 0
+) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
     from llmclf.router import Router
@@ -245,7 +250,12 @@ def bench_load(args: argparse.Namespace, workers: int = 1) -> dict[str, Any]:
     serve_args = ["--log-level", "warning", "--max-in-flight", str(args.max_in_flight)]
     if args.no_microbatch:
         serve_args.append("--no-microbatch")
-    serve_args += ["--workers", str(workers)]
+    if ray_replicas:
+        serve_args += ["--ray", "--replicas", str(ray_replicas)]
+        setup = f"Ray Serve, {ray_replicas} replicas"
+    else:
+        serve_args += ["--workers", str(workers)]
+        setup = f"{workers} worker(s)"
     if args.db:
         serve_args += ["--db", args.db]
     svc = ServiceProcess(args.router, serve_args, work / "service.log")
@@ -272,7 +282,7 @@ def bench_load(args: argparse.Namespace, workers: int = 1) -> dict[str, Any]:
             if student_name is not None:
                 c.post("/v1/classify", json={"text": pool[0] + " (warm-up)",
                                              "hints": {"min_confidence": 1.0}})
-        print(f"service on {svc.url} ({workers} worker(s)); {len(student_texts)}/{len(pool)} "
+        print(f"service on {svc.url} ({setup}); {len(student_texts)}/{len(pool)} "
               f"texts answered by the student; {args.connections} connections, "
               f"{args.duration:.0f} s per phase")
         student_lua = work / "student.lua"
@@ -293,6 +303,8 @@ def bench_load(args: argparse.Namespace, workers: int = 1) -> dict[str, Any]:
         result: dict[str, Any] = {
             "router": args.router,
             "workers": workers,
+            "ray_replicas": ray_replicas,
+            "setup": setup,
             "connections": args.connections,
             "duration_s": args.duration,
             "student_alone": alone,
@@ -448,6 +460,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work dir (Lua scripts, log)")
     ap.add_argument("--workers", type=int, nargs="+", default=[1],
                     help="serve with each of these worker counts in turn (e.g. 1 2)")
+    ap.add_argument("--ray-replicas", type=int, default=0,
+                    help="also run llmclf serve --ray with this many student replicas (0: skip)")
     ap.add_argument("--db", help="store URL the service uses (default: its $LLMCLF_HOME)")
     ap.add_argument("--temp-postgres", action="store_true",
                     help="serve on a throwaway PostgreSQL server (Debian postgresql)")
@@ -464,16 +478,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                 pg = stack.enter_context(TempPostgres())
                 args.db = pg.create_database("bench")
             runs = [bench_load(args, workers=w) for w in args.workers]
+            if args.ray_replicas:
+                runs.append(bench_load(args, ray_replicas=args.ray_replicas))
         results["load"] = runs[0] if len(runs) == 1 else runs
         if len(runs) > 1:
             base = runs[0]["student_alone"]["texts_per_s"]
             store = "postgresql" if (args.db or "").startswith("postgres") else "sqlite"
-            print(f"\nstudent alone by workers (store: {store})")
+            print(f"\nstudent alone by setup (store: {store})")
             for r in runs:
                 a = r["student_alone"]
                 ratio = a["texts_per_s"] / base if base else math.nan
-                print(f"  {r['workers']} worker(s): {fmt(a)}  {ratio:.2f}x texts/s of "
-                      f"{runs[0]['workers']} worker(s)")
+                print(f"  {r['setup']:<24} {fmt(a)}  {ratio:.2f}x texts/s of {runs[0]['setup']}")
+            if any("escalations" in r for r in runs):
+                print("escalations while the student stream is saturated, by setup")
+                for r in runs:
+                    if "escalations" in r:
+                        print(f"  {r['setup']:<24} {fmt(r['escalations'])}")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0

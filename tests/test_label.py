@@ -506,6 +506,50 @@ def test_engines_share_labels_a_batch_then_async_run_asks_only_for_the_rest(
     assert len(labels_in_store(tmp_path / "s.db")) == 9
 
 
+def test_batch_lines_for_a_vllm_teacher_carry_structured_outputs(
+    task_file: Path, tmp_path: Path
+) -> None:
+    """``--engine batch`` with ``hosted_vllm``: each batch line's body is what a vLLM server
+    receives online (the labels in ``structured_outputs.choice``, no ``response_format``, no
+    ``guided_*``), and the bare-label answers in the result file parse into labels."""
+    src = write_input(tmp_path / "in.jsonl", 5)
+    out = tmp_path / "labels.jsonl"
+    with FakeProvider(rules={"good": "positive"}, default="negative") as fp:
+        spec = f"llm:hosted_vllm/Qwen/Qwen2.5-7B-Instruct?api_base={fp.base_url}"
+        r = label(task_file, spec, src, out, engine="batch", batch_options=fast_batch(wait=True))
+        assert r.complete and r.n_labelled == 5 and fp.chat_requests == []
+        (created,) = fp.batches.created
+        content = fp.batches.files[created["input_file_id"]]["content"]
+        lines = [json.loads(x) for x in content.decode().splitlines()]
+        assert len(lines) == 5
+        for ln in lines:
+            body = ln["body"]
+            assert body["model"] == "Qwen/Qwen2.5-7B-Instruct"
+            assert body["structured_outputs"] == {"choice": ["negative", "positive"]}
+            assert "response_format" not in body
+            assert not any(k.startswith("guided_") for k in body)
+            assert body["logprobs"] is True and body["temperature"] == 0.0
+            # the provider's result line is the bare label, as vLLM answers a choice
+            answer = fp.answer_body(body)["choices"][0]["message"]["content"]
+            assert answer in ("negative", "positive")
+        rows = read_jsonl(out)
+        assert [row["label"] for row in rows] == [
+            "positive" if "good" in t else "negative" for t in texts(5)
+        ]
+        assert {row["score_source"] for row in rows} == {"logprobs"}
+        # online, into a fresh store: the same bodies on the wire and the same rows
+        online = label(
+            task_file, spec, src, tmp_path / "online.jsonl", store=Store(tmp_path / "o.db"),
+            progress=False,
+        )  # fmt: skip
+        assert online.n_new == 5
+        for ln in lines:
+            text = FakeProvider.text_of(ln["body"])
+            (sent,) = [b for b in fp.chat_requests if FakeProvider.text_of(b) == text]
+            assert sent == ln["body"]
+        assert read_jsonl(tmp_path / "online.jsonl") == rows
+
+
 def test_batch_needs_an_llm_teacher(task_file: Path, tmp_path: Path) -> None:
     from llmclf.errors import ConfigError
 

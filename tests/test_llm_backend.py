@@ -368,16 +368,13 @@ def test_a_refused_key_is_not_retried_and_says_what_to_check(fake, sentiment_tas
 
 
 # -- request bodies for provider Batch APIs ------------------------------------------------------
-@pytest.mark.parametrize("provider", ["openai", "hosted_vllm"])
-def test_request_body_is_exactly_what_an_online_call_sends(provider, fake, sentiment_task):
+def test_request_body_is_exactly_what_an_online_call_sends(fake, sentiment_task):
     """`request_body` (a Batch API line's body) is byte for byte the body the server receives
-    from `classify`: prompt, label schema, logprob and temperature settings. With
-    ``hosted_vllm`` this is the body a vLLM server receives: the labels as a JSON schema in
-    ``response_format`` (which vLLM enforces) and token logprobs."""
+    from `classify`: prompt, label schema, logprob and temperature settings."""
     from llmclf.backends.registry import make_backend
 
     backend = make_backend(
-        f"llm:{provider}/served-model?api_base={fake.base_url}&api_key=sk-x", sentiment_task
+        f"llm:openai/served-model?api_base={fake.base_url}&api_key=sk-x", sentiment_task
     )
     key, body = backend.request_body("I loved it")
     assert fake.requests == []  # built, not sent
@@ -396,6 +393,114 @@ def test_request_body_is_exactly_what_an_online_call_sends(provider, fake, senti
     offline = backend.prediction_from_response("I loved it", resp)
     assert offline.labels == pred.labels and offline.scores == pred.scores
     assert backend.store.cache_get(key) is not None
+
+
+# -- self-hosted vLLM teachers: vLLM's own structured outputs -------------------------------------
+def _vllm_backend(fake: FakeProvider, task: Task, **options: str):
+    from llmclf.backends.registry import make_backend
+
+    query = "&".join(f"{k}={v}" for k, v in {"api_base": fake.base_url, **options}.items())
+    return make_backend(f"llm:hosted_vllm/Qwen/Qwen2.5-7B-Instruct?{query}", task)
+
+
+def _no_guided_fields(body: dict) -> bool:
+    return not any(k.startswith("guided_") for k in body)
+
+
+def test_vllm_single_label_sends_the_labels_as_structured_outputs_choice(fake, sentiment_task):
+    """A ``hosted_vllm/`` teacher sends the label set in vLLM's ``structured_outputs.choice``
+    (vLLM >= 0.12), no ``response_format`` (vLLM would add it as a second constraint) and no
+    ``guided_*`` field; vLLM answers the bare label, which parses, and its logprobs score."""
+    backend = _vllm_backend(fake, sentiment_task)
+    key, body = backend.request_body("I loved it")
+    pred = backend.classify("I loved it")
+    (sent,) = fake.chat_requests
+    assert sent == body  # a Batch API line is the online body
+    assert sent == {
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "messages": sent["messages"],
+        "temperature": 0.0,
+        "max_tokens": 48,
+        "logprobs": True,
+        "top_logprobs": 20,
+        "structured_outputs": {"choice": ["negative", "positive"]},
+    }
+    assert "response_format" not in sent and _no_guided_fields(sent)
+    assert FakeProvider.text_of(sent) == "I loved it"
+    # the server said "positive" (not JSON); it parses, and logprobs give the scores
+    assert fake.answer_body(sent)["choices"][0]["message"]["content"] == "positive"
+    assert pred.labels == ("positive",) and pred.score_source == "logprobs"
+    assert pred.scores == {"negative": pytest.approx(0.1), "positive": pytest.approx(0.9)}
+    # a Batch API result line for that body validates to the same prediction, same cache key
+    offline = backend.prediction_from_response("I loved it", fake.answer_body(body))
+    assert offline.labels == pred.labels and offline.scores == pred.scores
+    assert backend.store.cache_get(key) is not None
+    assert backend.classify("I loved it").cached and len(fake.chat_requests) == 1
+
+
+def test_vllm_multiclass_with_abstain_and_a_bad_choice_is_re_asked(topic_task):
+    task = topic_task.model_copy(update={"allow_abstain": True})
+    with FakeProvider(rules={"match": "sports"}) as fp:
+        backend = _vllm_backend(fp, task, **FAST)
+        fp.push(Fault.raw("ecstatic"))  # a label outside the set (a server without the grammar)
+        pred = backend.classify("the match ended 2-1")
+        first, second = fp.chat_requests
+        assert first["structured_outputs"] == {
+            "choice": ["world", "sports", "business", "scitech", "abstain"]
+        }
+        assert second["structured_outputs"] == first["structured_outputs"]
+        assert "response_format" not in second and _no_guided_fields(second)
+        # the same scores as a JSON-schema answer with the same logprobs
+        as_json = Classifier(task, backend=fp.spec()).predict("the match ended 2-1")
+    assert pred.labels == ("sports",) and pred.score_source == "logprobs"
+    assert pred.scores == as_json.scores and pred.scores["sports"] > 0.9
+    assert pred.usage.retries == 1
+
+
+def test_vllm_multilabel_sends_the_schema_as_structured_outputs_json(tags_task):
+    with FakeProvider(rules={"wow": ["joy", "surprise"]}, default=["anger"]) as fp:
+        backend = _vllm_backend(fp, tags_task)
+        _, body = backend.request_body("wow, what a day")
+        pred = backend.classify("wow, what a day")
+        (sent,) = fp.chat_requests
+    assert sent == body and "response_format" not in sent and _no_guided_fields(sent)
+    schema = sent["structured_outputs"]["json"]
+    assert set(sent["structured_outputs"]) == {"json"}
+    assert schema["properties"]["labels"]["items"]["enum"] == ["joy", "anger", "surprise"]
+    assert schema["required"] == ["labels"] and schema["additionalProperties"] is False
+    assert sent["logprobs"] is True
+    assert pred.labels == ("joy", "surprise") and pred.score_source == "logprobs"
+    assert pred.scores["joy"] > 0.8 and pred.scores["anger"] < 0.2
+
+
+def test_structured_outputs_option_for_a_vllm_server_reached_as_openai(fake, sentiment_task):
+    """``response_format=structured_outputs`` sends vLLM's field to any OpenAI-compatible URL;
+    ``response_format=none`` on ``hosted_vllm`` sends no constraint at all."""
+    from llmclf.backends.registry import make_backend
+
+    spec = fake.spec(response_format="structured_outputs")
+    assert Classifier(sentiment_task, backend=spec).predict("good").label == "positive"
+    assert fake.chat_requests[-1]["structured_outputs"] == {"choice": ["negative", "positive"]}
+    assert "response_format" not in fake.chat_requests[-1]
+    backend = _vllm_backend(fake, sentiment_task, response_format="none")
+    assert backend.classify("good").label == "positive"
+    assert "structured_outputs" not in fake.chat_requests[-1]
+    assert "response_format" not in fake.chat_requests[-1]
+    assert make_backend(fake.spec(), sentiment_task).classify("good").label == "positive"
+    assert "structured_outputs" not in fake.chat_requests[-1]  # openai/: response_format
+
+
+def test_fake_vllm_refuses_two_constraints(fake):
+    """The fake answers like vLLM: two structured-output constraints are a 400."""
+    import httpx
+
+    body = {
+        "model": "m",
+        "messages": [{"role": "user", "content": "Text: x"}],
+        "structured_outputs": {"choice": ["a", "b"], "json": {"type": "object"}},
+    }
+    r = httpx.post(f"{fake.base_url}/chat/completions", json=body)
+    assert r.status_code == 400 and "one kind of constraints" in r.text
 
 
 def test_prediction_from_response_validates_like_an_online_answer(fake, sentiment_task):

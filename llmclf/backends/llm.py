@@ -31,6 +31,7 @@ from typing import Any, ClassVar, Literal, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 
+from llmclf.backends import vllm_outputs as vllm
 from llmclf.backends.base import Backend, Capabilities, Hints
 from llmclf.calibration import Calibration, CalibrationWarning, find_calibration, load_calibration
 from llmclf.decision import decide
@@ -62,7 +63,12 @@ logging.getLogger("instructor").setLevel(logging.CRITICAL)
 #: The placeholder key sent to servers that want none (the OpenAI SDK insists on one).
 NO_KEY = "sk-no-key-required"
 
-ResponseFormat = Literal["json_schema", "json_object_schema", "none"]
+#: How the answer schema is sent: ``json_schema`` (OpenAI's ``response_format``; for a
+#: ``hosted_vllm/`` model, vLLM's ``structured_outputs`` instead), ``json_object_schema``
+#: (llama.cpp's ``response_format`` with a schema), ``structured_outputs`` (vLLM's field, for
+#: any OpenAI-compatible vLLM server, `llmclf.backends.vllm_outputs`), or ``none`` (the
+#: prompt only).
+ResponseFormat = Literal["json_schema", "json_object_schema", "structured_outputs", "none"]
 
 
 @dataclass(frozen=True)
@@ -372,6 +378,10 @@ class LLMBackend(Backend):
         self._client: Any = None
         self._client_lock = threading.Lock()
         self._key_checked = base_url_provider is not None  # the embedded server needs no key
+        #: the schema goes in vLLM's ``structured_outputs`` field, not in ``response_format``
+        self._structured_outputs = config.response_format == "structured_outputs" or (
+            config.response_format == "json_schema" and vllm.is_vllm(config.model)
+        )
         self.calibration = self._load_calibration()
 
     def _load_calibration(self) -> Calibration | None:
@@ -532,7 +542,15 @@ class LLMBackend(Backend):
             ]
 
         rf = kwargs.pop("response_format", None)
-        if rf and self.config.response_format == "json_object_schema":
+        choice = False  # vLLM answers with the bare label, rewritten below as JSON
+        if rf and self._structured_outputs:
+            # vLLM's own field, and no response_format: vLLM would make that a second constraint
+            outputs = vllm.structured_outputs(rf.get("json_schema", {}).get("schema") or {})
+            choice = "choice" in outputs
+            extra_body = dict(kwargs.pop("extra_body", None) or {})
+            extra_body["structured_outputs"] = outputs
+            kwargs["extra_body"] = extra_body
+        elif rf and self.config.response_format == "json_object_schema":
             schema = rf.get("json_schema", {}).get("schema")
             extra_body = dict(kwargs.pop("extra_body", None) or {})
             extra_body["response_format"] = {"type": "json_object", "schema": schema}
@@ -565,6 +583,11 @@ class LLMBackend(Backend):
                 if content is None:
                     raise ProviderServerError(
                         "provider returned an empty message", backend=self.name, status_code=200
+                    )
+                if choice:
+                    first = resp.choices[0]
+                    first.message.content, first.logprobs = vllm.json_answer(
+                        content, getattr(first, "logprobs", None)
                     )
                 if _log is not None:
                     _log.calls += 1
@@ -852,19 +875,21 @@ class LLMBackend(Backend):
             raise ProviderServerError(
                 "provider returned an empty message", backend=self.name, status_code=200
             )
+        said, lp = content, choices[0].get("logprobs")
+        if self._structured_outputs and vllm.choices_of(self.answer_model.model_json_schema()):
+            content, lp = vllm.json_answer(content, lp)  # a vLLM ``choice``: the bare label
         try:
             answer = self.answer_model.model_validate_json(content)
         except ValidationError as exc:
             reason = "; ".join(e["msg"] for e in exc.errors(include_url=False)[:2])
             raise OutputValidationError(
                 f"output did not match the label schema ({reason})",
-                raw_output=redact(content, [self.config.api_key]),
+                raw_output=redact(said, [self.config.api_key]),
                 backend=self.name,
             ) from None
         chosen = self._answer_labels(answer)
         scores = None
         if "logprobs" in params:
-            lp = choices[0].get("logprobs")
             scores = self._logprob_scores(_Completion([_Choice(lp)]))
         source = "logprobs"
         if scores is None:  # one answer, no logprobs: a single vote
@@ -1080,6 +1105,10 @@ def make_llm_backend(
             config.api_base and model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY")
         ):
             # a self-hosted OpenAI-compatible server usually wants no key, but the SDK wants one
+            config = replace(config, api_key=NO_KEY)
+        elif vllm.is_vllm(model) and not os.environ.get("HOSTED_VLLM_API_KEY"):
+            # litellm's chat call to vLLM sends a placeholder itself, its Files/Batches calls
+            # do not (the OpenAI SDK then refuses to send anything)
             config = replace(config, api_key=NO_KEY)
     return LLMBackend(
         task, config, name=f"llm:{model}", store=store,

@@ -3,19 +3,23 @@
 Example:
     $ llmclf serve --router router.yaml --port 8000
     $ llmclf serve --router router.yaml --workers 4 --db postgresql://llmclf@db/llmclf
+    $ llmclf serve --router router.yaml --ray --replicas 2
+    $ llmclf serve --router router.yaml --ray --ray-address auto --autoscale 1,8
     $ curl -s localhost:8000/v1/classify -H 'content-type: application/json' \\
         -d '{"text": "a gorgeous, witty film"}'
 """
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from llmclf.cli.common import use_db
+from llmclf.errors import ConfigError
 from llmclf.storage.url import ENV_VAR
 
 
@@ -72,6 +76,36 @@ def serve(
             "and the embedded LLM server is started once for all.",
         ),
     ] = 1,
+    ray: Annotated[
+        bool,
+        typer.Option(
+            "--ray",
+            help="Serve as a Ray Serve application: the router in an ingress deployment, the "
+            "student in a micro-batching deployment, the LLM in its own (needs llmclf[ray]).",
+        ),
+    ] = False,
+    ray_address: Annotated[
+        str | None,
+        typer.Option(
+            help="With --ray: the cluster to join (auto, HOST:PORT, ray://HOST:10001); "
+            "default: start a local Ray instance."
+        ),
+    ] = None,
+    replicas: Annotated[
+        int | None, typer.Option(min=1, help="With --ray: replicas of the student deployment.")
+    ] = None,
+    autoscale: Annotated[
+        str | None,
+        typer.Option(help="With --ray: autoscale the student deployment between MIN,MAX replicas."),
+    ] = None,
+    print_config: Annotated[
+        bool,
+        typer.Option(
+            "--print-config",
+            help="With --ray: print a Ray Serve config file (for serve run / serve deploy) "
+            "instead of serving.",
+        ),
+    ] = False,
 ) -> None:
     """Serve routers over HTTP: POST /v1/classify, GET /v1/tasks, /review, /healthz, /metrics,
     /docs."""
@@ -82,7 +116,8 @@ def serve(
     from llmclf.service.workers import WorkerSpec, api_keys_from_env, run_workers
     from llmclf.store import open_store
 
-    keys = api_keys_from_env(api_key_env)
+    # a config file written for a cluster names the keys' variable; it need not be set here
+    keys = frozenset() if ray and print_config else api_keys_from_env(api_key_env)
     options = {
         "rate_limit_per_s": rate_limit,
         "rate_burst": rate_burst,
@@ -94,8 +129,32 @@ def serve(
         "microbatch_max": micro_batch,
     }
     settings = ServiceSettings(api_keys=keys, **options)  # type: ignore[arg-type]
-    use_db(store)
+    if ray and print_config:  # for the cluster's replicas: not reached from here
+        if store:
+            os.environ[ENV_VAR] = store
+    else:
+        use_db(store)
     auth = f"; API key from ${api_key_env}" if keys else ""
+    ray_flags = [f for f, on in (("--ray-address", ray_address is not None),
+                                  ("--replicas", replicas is not None),
+                                  ("--autoscale", autoscale is not None),
+                                  ("--print-config", print_config)) if on]  # fmt: skip
+    if ray:
+        if workers > 1:
+            raise ConfigError("--workers and --ray: Ray Serve runs the replicas; give one")
+        from llmclf.service.ray_app import ray_args
+
+        args = ray_args(
+            [str(p) for p in router], options, api_key_env,
+            replicas=replicas, autoscale=autoscale, with_secrets=not print_config,
+        )  # fmt: skip
+        if print_config:
+            _print_ray_config(args, host, port)
+            return
+        _serve_ray(args, ray_address, host, port, auth)
+        return
+    if ray_flags:
+        raise ConfigError(f"{', '.join(ray_flags)} need --ray")
     if workers > 1:
         typer.echo(
             f"llmclf: starting {workers} workers for {', '.join(str(p) for p in router)} on "
@@ -131,6 +190,40 @@ def serve(
             typer.echo(f"llmclf: {r.task.name}: {r.threshold_note}", err=True)
     sys.stderr.flush()
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=False)
+
+
+def _print_ray_config(args: Any, host: str, port: int) -> None:
+    import yaml
+
+    from llmclf.service.ray_app import serve_config
+
+    typer.echo(
+        "# Ray Serve config written by `llmclf serve --ray --print-config`:\n"
+        "#   serve run THIS.yaml            (or: serve deploy THIS.yaml on a running cluster)\n"
+        "# Every node needs llmclf[ray] installed, the router files at these paths, and the\n"
+        "# store in LLMCLF_DATABASE_URL (a shared PostgreSQL on several machines)."
+        + (f"\n# Set ${args.api_key_env} (the API keys) on every node." if args.api_key_env
+           else "")
+    )
+    typer.echo(yaml.safe_dump(serve_config(args, host=host, port=port), sort_keys=False))
+
+
+def _serve_ray(args: Any, address: str | None, host: str, port: int, auth: str) -> None:
+    from llmclf.service.ray_app import run_ray_serve
+
+    where = f"the Ray cluster at {address}" if address else "a local Ray instance"
+    typer.echo(f"llmclf: deploying {', '.join(args.routers)} on {where}...", err=True)
+    sys.stderr.flush()
+
+    def ready() -> None:
+        typer.echo(
+            f"llmclf: serving on http://{host}:{port} through Ray Serve (docs at /docs, "
+            f"review page at /review{auth}); Ctrl-C stops it",
+            err=True,
+        )
+        sys.stderr.flush()
+
+    run_ray_serve(args, address=address, host=host, port=port, on_ready=ready)
 
 
 def register(app: typer.Typer) -> None:

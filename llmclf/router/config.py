@@ -69,6 +69,7 @@ __all__ = [
     "RouterFile",
     "ShadowConfig",
     "load_router_config",
+    "make_named_backend",
     "resolve_router_config",
 ]
 
@@ -334,6 +335,29 @@ def resolve_router_config(
         source=file.source,
         threshold_note=threshold_note,
     )
+
+
+def make_named_backend(
+    file: RouterFile, name: str, *, make_backend: MakeBackend, store: Store | None = None
+) -> Backend:
+    """Build only backend ``name`` of ``file``'s config, for the router's task, as
+    `resolve_router_config` would (for a process that serves one backend of a router, e.g. a
+    Ray Serve deployment).
+
+    Example:
+        >>> make_named_backend(load_router_config("router.yaml"), "student",
+        ...                    make_backend=make_backend).name             # doctest: +SKIP
+        'setfit:models/sst2'
+    """
+    config = file.config
+    where = _Where(file.source, file.text)
+    entry = config.backends.get(name)
+    if entry is None:
+        known = ", ".join(sorted(config.backends))
+        raise where.error(("backends",), f"no backend named {name!r}; the backends are: {known}")
+    task = _resolve_task(config, None, file.base_dir, where)
+    return make_backend(_resolve_spec(entry.spec, file.base_dir), task, store=store,
+                        **entry.options)  # fmt: skip
 
 
 def _resolve_spec(spec: str, base_dir: Path) -> str:

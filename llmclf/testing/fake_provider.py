@@ -3,6 +3,10 @@
 It answers ``POST /v1/chat/completions`` with labels chosen by substring rules, emits token
 logprobs for them, and plays scripted faults: HTTP errors (429 with Retry-After, 500, 503),
 delays, dropped connections, invalid JSON, labels outside the set and empty ``choices``.
+Like a vLLM server, it also honours vLLM's ``structured_outputs`` field: ``choice`` is answered
+with the bare label (and logprobs of it alone), ``json`` with JSON of that schema; more than
+one constraint gets vLLM's 400, and so (stricter than vLLM, which would quietly add the response
+format as a second constraint) does a constraint beside a ``json_schema`` response format.
 It also serves the OpenAI Files and Batches API (``/v1/files``, ``/v1/batches``), answering a
 batch's lines with the same logic after a scripted number of polls (`fake.batches`,
 `llmclf.testing.fake_batches.BatchScript`).
@@ -211,9 +215,15 @@ class FakeProvider:
 
     @staticmethod
     def schema_of(body: Mapping[str, Any]) -> tuple[list[str], bool]:
-        """The allowed labels and whether the answer is a list, read from the request schema."""
+        """The allowed labels and whether the answer is a list, read from the request schema
+        (``response_format``, or vLLM's ``structured_outputs``: ``choice`` or ``json``)."""
+        so = body.get("structured_outputs") or {}
+        if "choice" in so:
+            return [str(c) for c in so["choice"]], False
         rf = body.get("response_format") or {}
-        schema = rf.get("schema") or (rf.get("json_schema") or {}).get("schema") or {}
+        schema = (
+            so.get("json") or rf.get("schema") or (rf.get("json_schema") or {}).get("schema") or {}
+        )
         props = schema.get("properties", {})
         if "labels" in props:
             items = props["labels"].get("items", {})
@@ -238,10 +248,31 @@ class FakeProvider:
             ans = choices[:1]
         return [ans] if isinstance(ans, str) else list(ans)
 
+    @staticmethod
+    def structured_outputs_error(body: Mapping[str, Any]) -> str | None:
+        """Why a vLLM (>= 0.12) server would refuse ``structured_outputs`` (None: it would
+        not): more than one of ``json``, ``regex``, ``choice``; or (stricter than vLLM, which
+        adds it as a second constraint) one of them beside a ``json_schema`` response format."""
+        so = body.get("structured_outputs")
+        if not so:
+            return None
+        kinds = [k for k in ("json", "regex", "choice") if so.get(k) is not None]
+        rf = (body.get("response_format") or {}).get("type")
+        if len(kinds) > 1 or (kinds and rf in ("json_schema", "json_object")):
+            return (
+                "You can only use one kind of constraints for structured outputs "
+                "('json', 'regex' or 'choice')."
+            )
+        return None
+
     def _handle(self, handler: Any, body: dict[str, Any]) -> None:
         with self._lock:
             self.requests.append(body)
             fault = self._faults.popleft() if self._faults else None
+        refused = self.structured_outputs_error(body)
+        if refused is not None:
+            handler._send(400, {"error": {"message": refused, "type": "BadRequestError"}})
+            return
         if fault is not None:
             self.fault_counts[fault.kind] = self.fault_counts.get(fault.kind, 0) + 1
             if fault.kind == "status":
@@ -274,13 +305,19 @@ class FakeProvider:
         """The chat-completion body that answers one request body (no faults)."""
         choices, multi = self.schema_of(body)
         answer = self.answer_for(self.text_of(body), choices, multi)
-        content = json.dumps({"labels": answer} if multi else {"label": answer[0]})
+        bare = "choice" in (body.get("structured_outputs") or {})  # vLLM: the label alone
+        if bare:
+            content = answer[0]
+        else:
+            content = json.dumps({"labels": answer} if multi else {"label": answer[0]})
         lp = None
         if self.logprobs and body.get("logprobs"):
-            lp = self._logprobs(answer, choices, multi)
+            lp = self._logprobs(answer, choices, multi, bare=bare)
         return self._envelope([self._choice(content, lp)], body)
 
-    def _logprobs(self, answer: list[str], choices: list[str], multi: bool) -> dict[str, Any]:
+    def _logprobs(
+        self, answer: list[str], choices: list[str], multi: bool, *, bare: bool = False
+    ) -> dict[str, Any]:
         others = [c for c in choices if c not in answer[:1]] or ["?"]
         p_rest = max(1e-6, (1.0 - self.confidence) / len(others))
 
@@ -295,6 +332,10 @@ class FakeProvider:
                 ],
             }
 
+        if bare:  # a vLLM ``choice`` answer: one token, the label, among the other labels
+            alts = [(answer[0], self.confidence)]
+            alts += [(o, p_rest) for o in choices if o != answer[0]][:19]
+            return {"content": [tok(answer[0], alts)], "refusal": None}
         content = [tok('{"labels": [' if multi else '{"label": ')]
         for i, lab in enumerate(answer):
             alts = [(f'"{lab}"', self.confidence)]
