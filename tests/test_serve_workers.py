@@ -129,7 +129,9 @@ def test_workers_share_one_embedded_llm_server_started_by_the_supervisor(
     tmp_path: Path, llmclf_home: Path
 ) -> None:
     """The supervisor starts the llama.cpp server once; workers are given its URL, start none
-    of their own (not even when warming up), and it stops with the supervisor."""
+    of their own (not even when warming up), and it stops with the supervisor. Under a service
+    it runs on one thread (a niced multi-threaded llama.cpp stalls at its per-layer barrier when
+    the student takes a core), unless LLMCLF_LOCAL_THREADS says otherwise."""
     from tests.helpers import local_model_available
 
     if not local_model_available():
@@ -137,10 +139,11 @@ def test_workers_share_one_embedded_llm_server_started_by_the_supervisor(
     cfg = tmp_path / "router.yaml"
     cfg.write_text("task: sst2\nbackends:\n  llm: llm:local\nfallbacks: [llm]\n", encoding="utf-8")
     port = free_port()
+    env_in = {k: v for k, v in os.environ.items() if k != "LLMCLF_LOCAL_THREADS"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "llmclf.cli.main", "serve", "--router", str(cfg),
          "--port", str(port), "--workers", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env_in,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -152,9 +155,11 @@ def test_workers_share_one_embedded_llm_server_started_by_the_supervisor(
             c for w in workers for c in _children(w) if b"llama_server_main" in _cmdline(c)
         ]
         env = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
+        llama_args = _cmdline(llama[0]).split(b"\0") if llama else []
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.communicate(timeout=300)
     assert len(llama) == 1 and under_workers == []  # one server, the supervisor's
     assert any(e.startswith(b"LLMCLF_LOCAL_SERVER_URL=http://127.0.0.1:") for e in env)
+    assert llama_args[llama_args.index(b"--n_threads") + 1] == b"1"
     assert _cmdline(llama[0]) == b""  # and it stops with the supervisor

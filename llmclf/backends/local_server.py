@@ -36,6 +36,8 @@ MODEL_ALIAS = "gemma-3-270m"
 #: Set by `llmclf serve --workers` to the server its supervisor started: workers use that one,
 #: never start their own (and never restart it: the supervisor owns it).
 SHARED_URL_ENV = "LLMCLF_LOCAL_SERVER_URL"
+#: The server's CPU threads (default: every core; `serving_threads_default` for a service).
+THREADS_ENV = "LLMCLF_LOCAL_THREADS"
 START_TIMEOUT_S = float(os.environ.get("LLMCLF_LOCAL_START_TIMEOUT", "120"))
 
 
@@ -100,7 +102,7 @@ class LocalServer:
         self, *, n_ctx: int = 4096, threads: int | None = None, nice: int | None = None
     ) -> None:
         self.n_ctx = n_ctx
-        self.threads = threads or _env_int("LLMCLF_LOCAL_THREADS") or max(1, os.cpu_count() or 1)
+        self.threads = threads or _env_int(THREADS_ENV) or max(1, os.cpu_count() or 1)
         # The LLM runs at a lower CPU priority than the process that uses it, so on a small
         # machine a service's student answers are not slowed by escalations or shadow calls:
         # the LLM gets whatever CPU the service leaves (all of it when the service is idle).
@@ -262,6 +264,24 @@ class LocalServer:
         st = self._read_state()
         if st and st.get("pid") == proc.pid:
             self.state_file.unlink(missing_ok=True)
+
+
+def serving_threads_default() -> None:
+    """Beside a service, the server runs on one thread unless ``$LLMCLF_LOCAL_THREADS`` says
+    otherwise.
+
+    The server is niced, so a saturated student stream takes the cores; llama.cpp's threads
+    meet at a barrier after every layer, and a niced thread that waits for a core stalls all
+    the others. Measured on 2 cores with both saturated by nice-0 processes and 4 clients
+    escalating for 30 s: 2 threads completed 0 requests (twice), 1 thread 8 and 2. With
+    nothing else running, 1 thread answered 60 requests to 2 threads' 35 on that (shared)
+    machine. So escalations keep making progress; a machine with cores to spare for the LLM
+    sets the variable, or runs the LLM apart (``llmclf serve --ray``).
+
+    Example:
+        >>> serving_threads_default()  # doctest: +SKIP
+    """
+    os.environ.setdefault(THREADS_ENV, "1")
 
 
 def llama_server_available() -> bool:

@@ -155,6 +155,9 @@ def serve(
         return
     if ray_flags:
         raise ConfigError(f"{', '.join(ray_flags)} need --ray")
+    from llmclf.backends.local_server import serving_threads_default
+
+    serving_threads_default()  # escalations to llm:local keep making progress under load
     if workers > 1:
         typer.echo(
             f"llmclf: starting {workers} workers for {', '.join(str(p) for p in router)} on "
