@@ -20,6 +20,13 @@ that store, ``--temp-postgres`` on a throwaway PostgreSQL server (`TempPostgres`
 ``--ray-replicas 2`` adds a setup after those: ``llmclf serve --ray --replicas 2`` (Ray Serve on
 a local Ray instance, the student in 2 micro-batching replicas, the LLM in its own deployment).
 
+``--setups sqlite:1 sqlite:2 postgres:2 ray:2`` runs those setups in turn in one run (store:workers,
+or ray:replicas; ``postgres`` starts one throwaway server for all of them) and prints them side by
+side. ``--profile`` adds a third student-only phase per setup that says where the CPU goes:
+exact per-process and per-thread CPU from ``/proc`` (ms per request, the load generator's
+included), and py-spy samples of the Python threads by category (`cpu_profile.py`), with the
+ceiling in texts/s that the service's CPU per request implies on this machine's cores.
+
 ``--mode quality``: on the router task's eval set, the student and the escalation LLM each
 label every case once (the LLM through its cache); prints the accuracy vs escalation-rate curve
 over thresholds with the router's operating point marked, then routes the eval set through the
@@ -30,6 +37,7 @@ Example:
     $ python benchmarks/bench_service.py --router router.yaml --mode quality
     $ python benchmarks/bench_service.py --router router.yaml --workers 1 2 --duration 30
     $ python benchmarks/bench_service.py --router router.yaml --workers 1 2 --ray-replicas 2
+    $ python benchmarks/bench_service.py --setups sqlite:1 sqlite:2 postgres:2 ray:2 --profile
 """
 
 from __future__ import annotations
@@ -233,8 +241,53 @@ def fmt(r: dict[str, Any]) -> str:
 
 
 # -- load mode ------------------------------------------------------------------------------------
+def profile_phase(
+    args: argparse.Namespace, svc: ServiceProcess, lua: Path, work: Path
+) -> dict[str, Any]:
+    """A student-only phase under the CPU profile (see ``cpu_profile.py``)."""
+    import resource
+
+    from cpu_profile import (
+        CpuSnapshot,
+        cpu_delta,
+        finish_pyspy,
+        python_workers,
+        report,
+        start_pyspy,
+    )
+
+    def children_cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return r.ru_utime + r.ru_stime
+
+    spy = start_pyspy(python_workers(svc.proc.pid), args.duration + 2, work)
+    time.sleep(1.0)  # py-spy attaches
+    before, cpu0 = CpuSnapshot.take(svc.proc.pid), children_cpu()
+    res = wrk_result(run_wrk(svc.url, lua, args.connections, args.threads, args.duration))
+    after, cpu1 = CpuSnapshot.take(svc.proc.pid), children_cpu()  # wrk is reaped: its CPU
+    samples, err = finish_pyspy(spy)
+    spy_cpu = children_cpu() - cpu1
+    delta = cpu_delta(before, after)
+    lines = report(delta, res["requests"], after.taken - before.taken, samples,
+                   loadgen_cpu_s=cpu1 - cpu0)
+    print(f"profiled student phase {fmt(res)}")
+    for line in lines:
+        print("  " + line)
+    print(f"    (py-spy itself: {spy_cpu:.2f} CPU s over the whole window)"
+          + (f"; py-spy: {err}" if err else ""))
+    service_cpu = sum(delta.values())
+    return {
+        "student_alone_profiled": res,
+        "cpu_s": {f"{k[0]} / {k[1]}": v for k, v in delta.items()},
+        "service_cpu_ms_per_request": 1000 * service_cpu / max(res["requests"], 1),
+        "wrk_cpu_ms_per_request": 1000 * (cpu1 - cpu0) / max(res["requests"], 1),
+        "samples": dict(samples),
+        "report": lines,
+    }
+
+
 def bench_load(
-    args: argparse.Namespace, workers: int = 1, ray_replicas: int = 0
+    args: argparse.Namespace, workers: int = 1, ray_replicas: int = 0, label: str | None = None
 ) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -256,6 +309,8 @@ def bench_load(
     else:
         serve_args += ["--workers", str(workers)]
         setup = f"{workers} worker(s)"
+    if label:
+        setup = label
     if args.db:
         serve_args += ["--db", args.db]
     svc = ServiceProcess(args.router, serve_args, work / "service.log")
@@ -302,6 +357,7 @@ def bench_load(
 
         result: dict[str, Any] = {
             "router": args.router,
+            "store": "postgresql" if (args.db or "").startswith("postgres") else "sqlite",
             "workers": workers,
             "ray_replicas": ray_replicas,
             "setup": setup,
@@ -327,6 +383,8 @@ def bench_load(
             )
             print(f"student p50 with/without escalations: {result['p50_ratio']:.2f}x, "
                   f"p99: {result['p99_ratio']:.2f}x")
+        if args.profile:
+            result["profile"] = profile_phase(args, svc, student_lua, work)
         both_errors = result.get("student_with_escalations", {"errors": 0})["errors"]
         checks = {
             f">= {TARGETS['texts_per_s']:.0f} texts/s": alone["texts_per_s"]
@@ -344,6 +402,36 @@ def bench_load(
             shutil.rmtree(work, ignore_errors=True)
         else:
             print(f"kept {work}")
+
+
+def parse_setups(specs: Sequence[str]) -> list[tuple[str, int]]:
+    """``["sqlite:1", "ray:2"]`` -> ``[("sqlite", 1), ("ray", 2)]``; a bad spec exits with why."""
+    out = []
+    for spec in specs:
+        kind, _, n = spec.partition(":")
+        if kind not in ("sqlite", "postgres", "ray") or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"--setups {spec!r}: expected sqlite:N, postgres:N or ray:N (N >= 1)")
+        out.append((kind, int(n)))
+    return out
+
+
+def run_setups(
+    args: argparse.Namespace, setups: Sequence[tuple[str, int]], stack: contextlib.ExitStack
+) -> list[dict[str, Any]]:
+    """Each setup of ``--setups`` in turn, on one throwaway PostgreSQL server if any needs one."""
+    pg_url = None
+    runs = []
+    for kind, n in setups:
+        if kind == "postgres" and pg_url is None:
+            from llmclf.testing.postgres import TempPostgres
+
+            pg_url = stack.enter_context(TempPostgres()).create_database("bench")
+        args.db = pg_url if kind == "postgres" else None
+        if kind == "ray":
+            runs.append(bench_load(args, ray_replicas=n, label=f"Ray Serve, {n} replicas"))
+        else:
+            runs.append(bench_load(args, workers=n, label=f"{n} worker(s), {kind}"))
+    return runs
 
 
 # -- quality mode ---------------------------------------------------------------------------------
@@ -465,26 +553,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--db", help="store URL the service uses (default: its $LLMCLF_HOME)")
     ap.add_argument("--temp-postgres", action="store_true",
                     help="serve on a throwaway PostgreSQL server (Debian postgresql)")
+    ap.add_argument("--setups", nargs="+", metavar="STORE:N",
+                    help="setups run in turn: sqlite:N or postgres:N (N workers), ray:N "
+                    "(N replicas); overrides --workers/--ray-replicas/--temp-postgres")
+    ap.add_argument("--profile", action="store_true",
+                    help="add a student-only phase per setup under a CPU profile (/proc, py-spy)")
     args = ap.parse_args(argv)
+    setups = parse_setups(args.setups) if args.setups else None
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     results: dict[str, Any] = {}
     if args.mode in ("quality", "all"):
         results["quality"] = bench_quality(args)
     if args.mode in ("load", "all"):
         with contextlib.ExitStack() as stack:
-            if args.temp_postgres:
+            if args.temp_postgres and setups is None:
                 from llmclf.testing.postgres import TempPostgres
 
                 pg = stack.enter_context(TempPostgres())
                 args.db = pg.create_database("bench")
-            runs = [bench_load(args, workers=w) for w in args.workers]
-            if args.ray_replicas:
-                runs.append(bench_load(args, ray_replicas=args.ray_replicas))
+            if setups is not None:
+                runs = run_setups(args, setups, stack)
+            else:
+                runs = [bench_load(args, workers=w) for w in args.workers]
+                if args.ray_replicas:
+                    runs.append(bench_load(args, ray_replicas=args.ray_replicas))
         results["load"] = runs[0] if len(runs) == 1 else runs
         if len(runs) > 1:
             base = runs[0]["student_alone"]["texts_per_s"]
-            store = "postgresql" if (args.db or "").startswith("postgres") else "sqlite"
-            print(f"\nstudent alone by setup (store: {store})")
+            print("\nstudent alone by setup")
             for r in runs:
                 a = r["student_alone"]
                 ratio = a["texts_per_s"] / base if base else math.nan
@@ -494,6 +590,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for r in runs:
                     if "escalations" in r:
                         print(f"  {r['setup']:<24} {fmt(r['escalations'])}")
+                        print(f"  {'':<24} student at the same time: "
+                              f"{fmt(r['student_with_escalations'])}")
+            if any("profile" in r for r in runs):
+                print("CPU per request by setup (service; wrk), and the service-only ceiling")
+                for r in runs:
+                    if "profile" in r:
+                        pr = r["profile"]
+                        ms, wrk_ms = pr["service_cpu_ms_per_request"], pr["wrk_cpu_ms_per_request"]
+                        print(f"  {r['setup']:<24} {ms:6.3f} ms; {wrk_ms:6.3f} ms  -> "
+                              f"{(os.cpu_count() or 1) * 1000 / ms:7.1f} texts/s on "
+                              f"{os.cpu_count()} cores")
     if args.json_out:
         Path(args.json_out).write_text(json.dumps(results, indent=2), encoding="utf-8")
     return 0
