@@ -55,7 +55,8 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(
             encoding="utf-8",
         )
         port = free_port()
-        env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(mp_dir)}
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LLMCLF_ORT_")}
+        env["PROMETHEUS_MULTIPROC_DIR"] = str(mp_dir)
         proc = subprocess.Popen(
             [sys.executable, "-m", "llmclf.cli.main", "serve", "--router", str(cfg),
              "--port", str(port), "--workers", "2", "--db", db_url],
@@ -93,6 +94,7 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(
             queued = [len(httpx.get(url + "/v1/review/items", params={"limit": 1000},
                                     timeout=60).json()["items"]) for _ in range(4)]  # fmt: skip
             assert _workers(proc.pid) == workers  # none was replaced
+            worker_env = Path(f"/proc/{workers[0]}/environ").read_bytes().split(b"\0")
         finally:
             proc.send_signal(signal.SIGTERM)
             _, err = proc.communicate(timeout=60)
@@ -110,6 +112,10 @@ def test_two_workers_share_the_port_the_store_and_the_metrics(
     assert store.cache_count() == len(TEXTS) + 1  # one row per key, whichever worker wrote it
     assert store.integrity_check() == "ok"
     assert "starting 2 workers" in err
+    # the workers share the cores out: ONNX Runtime threads per worker, none spin-waits
+    share = max(1, (os.cpu_count() or 1) // 2)
+    assert f"LLMCLF_ORT_THREADS={share}".encode() in worker_env
+    assert b"LLMCLF_ORT_SPIN=0" in worker_env
     for pid in workers:  # the workers stop with the supervisor
         assert not Path(f"/proc/{pid}").exists() or b"spawn_main" not in Path(
             f"/proc/{pid}/cmdline"

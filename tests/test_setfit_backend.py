@@ -177,6 +177,28 @@ def test_thread_safe(student_dir: Path, sst2_task: Task) -> None:
     assert all(r == expected for r in results)
 
 
+def test_onnx_threads_and_spinning_from_the_environment(
+    student_dir: Path, sst2_task: Task, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """$LLMCLF_ORT_THREADS / $LLMCLF_ORT_SPIN reach ONNX Runtime's session (what
+    `llmclf serve` sets for its workers); a spec's threads= wins; a bad value is an error that
+    names the variable."""
+    monkeypatch.setenv("LLMCLF_ORT_THREADS", "1")
+    monkeypatch.setenv("LLMCLF_ORT_SPIN", "0")
+    backend = SetFitBackend(student_dir, task=sst2_task, runtime="int8")
+    opts = backend._encoder.session.get_session_options()  # type: ignore[union-attr]
+    assert opts.intra_op_num_threads == 1
+    assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    assert backend.predict_batch(TEXTS[:2])[0].labels  # and it answers
+    spec = SetFitBackend.load(student_dir, task=sst2_task, runtime="int8", threads="2")
+    assert spec._encoder.session.get_session_options().intra_op_num_threads == 2  # type: ignore[union-attr]
+    for name, bad in (("LLMCLF_ORT_THREADS", "zero"), ("LLMCLF_ORT_SPIN", "2")):
+        monkeypatch.setenv(name, bad)
+        with pytest.raises(ModelLoadError, match=f"\\${name}='{bad}'"):
+            SetFitBackend(student_dir, task=sst2_task, runtime="int8")
+        monkeypatch.setenv(name, "1")
+
+
 @pytest.mark.parametrize("bad", ["model_head.pkl", "body/pytorch_model.bin", "head.joblib"])
 def test_refuses_files_that_would_unpickle(
     student_dir: Path, sst2_task: Task, tmp_path: Path, bad: str

@@ -156,8 +156,10 @@ def serve(
     if ray_flags:
         raise ConfigError(f"{', '.join(ray_flags)} need --ray")
     from llmclf.backends.local_server import serving_threads_default
+    from llmclf.backends.setfit import serving_student_defaults
 
     serving_threads_default()  # escalations to llm:local keep making progress under load
+    serving_student_defaults(processes=workers)  # the workers share the cores, none spins
     if workers > 1:
         typer.echo(
             f"llmclf: starting {workers} workers for {', '.join(str(p) for p in router)} on "

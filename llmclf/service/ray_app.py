@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from llmclf.backends.base import Backend, Capabilities, Hints
+from llmclf.backends.setfit import ORT_SPIN_ENV, ORT_THREADS_ENV
 from llmclf.errors import BackendError, ConfigError
 from llmclf.router.config import load_router_config, make_named_backend
 from llmclf.specs import parse_spec
@@ -502,6 +503,10 @@ def ray_args(
         if k not in ("microbatch", "microbatch_wait_ms", "microbatch_max") and v is not None
     }  # fmt: skip
     env = store_env(with_secrets=with_secrets)
+    # a student replica reserves half a CPU: one ONNX Runtime thread that does not spin-wait
+    # (see `serving_student_defaults`), unless this environment says otherwise
+    env[ORT_THREADS_ENV] = os.environ.get(ORT_THREADS_ENV) or "1"
+    env[ORT_SPIN_ENV] = os.environ.get(ORT_SPIN_ENV) or "0"
     if api_key_env and with_secrets and os.environ.get(api_key_env):
         env[api_key_env] = os.environ[api_key_env]
     return RayAppArgs(
