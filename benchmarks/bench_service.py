@@ -241,49 +241,58 @@ def fmt(r: dict[str, Any]) -> str:
 
 
 # -- load mode ------------------------------------------------------------------------------------
-def profile_phase(
-    args: argparse.Namespace, svc: ServiceProcess, lua: Path, work: Path
-) -> dict[str, Any]:
-    """A student-only phase under the CPU profile (see ``cpu_profile.py``)."""
+def children_cpu() -> float:
+    """CPU seconds of this process's reaped children (wrk, once it has exited)."""
     import resource
 
-    from cpu_profile import (
-        CpuSnapshot,
-        cpu_delta,
-        finish_pyspy,
-        python_workers,
-        report,
-        start_pyspy,
-    )
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
 
-    def children_cpu() -> float:
-        r = resource.getrusage(resource.RUSAGE_CHILDREN)
-        return r.ru_utime + r.ru_stime
 
-    spy = start_pyspy(python_workers(svc.proc.pid), args.duration + 2, work)
-    time.sleep(1.0)  # py-spy attaches
-    before, cpu0 = CpuSnapshot.take(svc.proc.pid), children_cpu()
+def measured_phase(
+    args: argparse.Namespace, svc: ServiceProcess, lua: Path
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """One student-only wrk phase; with ``--profile``, also the CPU every process and thread of
+    the service spent in it (``/proc``, no sampling: the phase is not slowed) and wrk's."""
+    from cpu_profile import CpuSnapshot, cpu_delta, report
+
+    before, cpu0 = (CpuSnapshot.take(svc.proc.pid), children_cpu()) if args.profile else (None, 0)
     res = wrk_result(run_wrk(svc.url, lua, args.connections, args.threads, args.duration))
+    if before is None:
+        return res, None
     after, cpu1 = CpuSnapshot.take(svc.proc.pid), children_cpu()  # wrk is reaped: its CPU
-    samples, err = finish_pyspy(spy)
-    spy_cpu = children_cpu() - cpu1
     delta = cpu_delta(before, after)
-    lines = report(delta, res["requests"], after.taken - before.taken, samples,
-                   loadgen_cpu_s=cpu1 - cpu0)
-    print(f"profiled student phase {fmt(res)}")
-    for line in lines:
-        print("  " + line)
-    print(f"    (py-spy itself: {spy_cpu:.2f} CPU s over the whole window)"
-          + (f"; py-spy: {err}" if err else ""))
+    lines = report(delta, res["requests"], after.taken - before.taken, loadgen_cpu_s=cpu1 - cpu0)
     service_cpu = sum(delta.values())
-    return {
-        "student_alone_profiled": res,
+    return res, {
         "cpu_s": {f"{k[0]} / {k[1]}": v for k, v in delta.items()},
         "service_cpu_ms_per_request": 1000 * service_cpu / max(res["requests"], 1),
         "wrk_cpu_ms_per_request": 1000 * (cpu1 - cpu0) / max(res["requests"], 1),
-        "samples": dict(samples),
         "report": lines,
     }
+
+
+def sampled_phase(args: argparse.Namespace, svc: ServiceProcess, lua: Path, work: Path) -> Any:
+    """A student-only phase under py-spy (50 samples/s per worker): on-CPU samples of the
+    Python threads by category. Sampling costs CPU, so this phase's throughput is not reported
+    as the setup's."""
+    from cpu_profile import finish_pyspy, python_workers, start_pyspy
+
+    spy = start_pyspy(python_workers(svc.proc.pid), args.duration + 2, work, rate=50)
+    if not spy:
+        print("  (py-spy is not installed: no samples)")
+        return {}
+    time.sleep(1.0)  # py-spy attaches
+    res = wrk_result(run_wrk(svc.url, lua, args.connections, args.threads, args.duration))
+    cpu0 = children_cpu()
+    samples, err = finish_pyspy(spy)
+    n = sum(samples.values())
+    print(f"py-spy phase            {fmt(res)}  (py-spy itself: {children_cpu() - cpu0:.1f} CPU s)")
+    print(f"  Python threads' on-CPU samples by category ({n} samples)"
+          + (f"; py-spy: {err}" if err else ""))
+    for name, c in samples.most_common():
+        print(f"    {name:<60} {100 * c / max(n, 1):5.1f}%")
+    return {"throughput_under_pyspy": res, "samples": dict(samples)}
 
 
 def bench_load(
@@ -350,9 +359,11 @@ def bench_load(
         wrk_result(run_wrk(svc.url, student_lua, conns, threads, min(5, args.duration)))
 
         before = svc.metrics()
-        alone = wrk_result(run_wrk(svc.url, student_lua, conns, threads, args.duration))
+        alone, cpu = measured_phase(args, svc, student_lua)
         after_alone = svc.metrics()
         print(f"student alone          {fmt(alone)}")
+        for line in (cpu or {}).get("report", []):
+            print("  " + line)
         print(f"  answered by: {diff(after_alone, before)}")
 
         result: dict[str, Any] = {
@@ -383,8 +394,9 @@ def bench_load(
             )
             print(f"student p50 with/without escalations: {result['p50_ratio']:.2f}x, "
                   f"p99: {result['p99_ratio']:.2f}x")
-        if args.profile:
-            result["profile"] = profile_phase(args, svc, student_lua, work)
+        if cpu is not None:
+            result["profile"] = cpu
+            result["profile"]["sampled"] = sampled_phase(args, svc, student_lua, work)
         both_errors = result.get("student_with_escalations", {"errors": 0})["errors"]
         checks = {
             f">= {TARGETS['texts_per_s']:.0f} texts/s": alone["texts_per_s"]

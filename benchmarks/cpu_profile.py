@@ -109,11 +109,7 @@ def thread_kind(pid: int, tid: int, comm: str) -> str:
     """Which part of a Python worker a thread is."""
     if tid == pid:
         return "event loop (main thread)"
-    if comm.startswith("llmclf-batch"):
-        return "micro-batch executor (tokenize + ORT call)"
-    if comm.startswith("llmclf-"):
-        return f"{comm.rstrip('_0123456789')} executor"
-    return "other threads (ONNX Runtime intra-op pool, ...)"
+    return "other threads (executors, ONNX Runtime's pool)"  # Python 3.11 names no OS thread
 
 
 @dataclass
@@ -170,7 +166,7 @@ def read_raw(path: Path) -> Counter[str]:
 
 
 def start_pyspy(
-    pids: Iterable[int], seconds: float, out_dir: Path
+    pids: Iterable[int], seconds: float, out_dir: Path, rate: int = 100
 ) -> list[tuple[subprocess.Popen[bytes], Path]]:
     """One ``py-spy record`` per Python worker; [] when py-spy is not installed."""
     exe = str(Path(sys.executable).parent / "py-spy")
@@ -182,7 +178,7 @@ def start_pyspy(
     for pid in pids:
         out = out_dir / f"pyspy-{pid}.txt"
         proc = subprocess.Popen(
-            [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
+            [exe, "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", str(rate),
              "--format", "raw", "--nonblocking", "--output", str(out)],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
         )
