@@ -9,12 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 pytest.importorskip("sentence_transformers")
 pytest.importorskip("onnxruntime")
 
 from llmclf.backends.registry import make_backend
-from llmclf.backends.setfit import SetFitBackend
+from llmclf.backends.setfit import PAD_SLACK, SetFitBackend, padding_chunks
 from llmclf.classifier import Classifier
 from llmclf.distill import fit_head, save_student, train_student
 from llmclf.errors import ModelLoadError, ParityError
@@ -175,6 +177,32 @@ def test_thread_safe(student_dir: Path, sst2_task: Task) -> None:
     assert not errors
     assert len(results) == 40
     assert all(r == expected for r in results)
+
+
+@given(st.lists(st.integers(1, 256), min_size=1, max_size=80), st.integers(1, 20))
+def test_padding_chunks_cover_every_text_once_and_bound_the_padding(
+    lengths: list[int], max_size: int
+) -> None:
+    chunks = padding_chunks(lengths, max_size)
+    assert sorted(i for c in chunks for i in c) == list(range(len(lengths)))
+    for chunk in chunks:
+        sizes = [lengths[i] for i in chunk]
+        assert len(chunk) <= max_size and sizes == sorted(sizes)
+        assert len(chunk) * max(sizes) <= PAD_SLACK * sum(sizes) or len(chunk) == 1
+
+
+def test_a_mixed_length_batch_runs_in_chunks_and_matches_one_by_one(
+    student_dir: Path, sst2_task: Task
+) -> None:
+    """Short and long texts in one batch are run apart (not padded to the longest), and each
+    row is what the text alone gives."""
+    backend = SetFitBackend(student_dir, task=sst2_task, runtime="onnx")
+    mixed = [TEXTS[0], " ".join(TEXTS) * 3, TEXTS[1], " ".join(TEXTS[::-1]) * 3]
+    encoder = backend._encoder
+    lengths = [len(e.ids) for e in encoder.tokenizer.encode_batch(mixed)]  # type: ignore[union-attr]
+    assert len(padding_chunks(lengths, 16)) == 2
+    single = np.vstack([backend.score_matrix([t]) for t in mixed])
+    assert np.abs(backend.score_matrix(mixed) - single).max() < 1e-4
 
 
 def test_onnx_threads_and_spinning_from_the_environment(

