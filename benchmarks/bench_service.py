@@ -296,7 +296,8 @@ def sampled_phase(args: argparse.Namespace, svc: ServiceProcess, lua: Path, work
 
 
 def bench_load(
-    args: argparse.Namespace, workers: int = 1, ray_replicas: int = 0, label: str | None = None
+    args: argparse.Namespace, workers: int = 1, ray_replicas: int = 0, label: str | None = None,
+    baseline: StudentBaseline | None = None,
 ) -> dict[str, Any]:
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed: apt-get install wrk")
@@ -308,6 +309,7 @@ def bench_load(
     student_name = cascade.student if cascade else None
     router.close()
     pool = load_texts(args.texts, task_name, args.max_texts)
+    offline = baseline.measure() if baseline is not None else None
     work = Path(tempfile.mkdtemp(prefix="llmclf-bench-"))
     serve_args = ["--log-level", "warning", "--max-in-flight", str(args.max_in_flight)]
     if args.no_microbatch:
@@ -361,7 +363,8 @@ def bench_load(
         before = svc.metrics()
         alone, cpu = measured_phase(args, svc, student_lua)
         after_alone = svc.metrics()
-        print(f"student alone          {fmt(alone)}")
+        share = f"  ({alone['texts_per_s'] / offline:.2f} of the student alone)" if offline else ""
+        print(f"student alone          {fmt(alone)}{share}")
         for line in (cpu or {}).get("report", []):
             print("  " + line)
         print(f"  answered by: {diff(after_alone, before)}")
@@ -375,6 +378,7 @@ def bench_load(
             "connections": args.connections,
             "duration_s": args.duration,
             "student_alone": alone,
+            "student_offline_texts_per_s": offline,
             "answered_by_alone": diff(after_alone, before),
         }
         if student_name is not None and args.escalation_connections > 0:
@@ -416,6 +420,40 @@ def bench_load(
             print(f"kept {work}")
 
 
+class StudentBaseline:
+    """The router's student on its own, in this process: ``predict_batch`` in batches of 64
+    over the texts (ONNX Runtime's defaults). Measured again before each setup, so each setup's
+    throughput is a ratio of what this machine gave the student alone just before: the
+    service's target is 70% of it."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from llmclf.router import Router
+
+        self.router = Router.from_yaml(args.router)
+        cascade = self.router.config.cascade
+        if cascade is None:
+            raise SystemExit("the student baseline needs a router with a cascade")
+        self.name = cascade.student
+        self.student = self.router.backends[cascade.student]
+        self.texts = load_texts(args.texts, self.router.task.name, args.max_texts)
+        self.student.predict_batch(self.texts[:64])  # warm-up
+        self.rates: list[float] = []
+
+    def measure(self, seconds: float = 8.0) -> float:
+        n, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            for i in range(0, len(self.texts), 64):
+                n += len(self.student.predict_batch(self.texts[i : i + 64]))
+        rate = n / (time.perf_counter() - t0)
+        self.rates.append(rate)
+        print(f"student {self.name!r} alone in this process, batches of 64: {rate:.1f} texts/s "
+              f"(70%: {0.7 * rate:.1f} texts/s)")
+        return rate
+
+    def close(self) -> None:
+        self.router.close()
+
+
 def parse_setups(specs: Sequence[str]) -> list[tuple[str, int]]:
     """``["sqlite:1", "ray:2"]`` -> ``[("sqlite", 1), ("ray", 2)]``; a bad spec exits with why."""
     out = []
@@ -428,7 +466,8 @@ def parse_setups(specs: Sequence[str]) -> list[tuple[str, int]]:
 
 
 def run_setups(
-    args: argparse.Namespace, setups: Sequence[tuple[str, int]], stack: contextlib.ExitStack
+    args: argparse.Namespace, setups: Sequence[tuple[str, int]], stack: contextlib.ExitStack,
+    baseline: StudentBaseline | None = None,
 ) -> list[dict[str, Any]]:
     """Each setup of ``--setups`` in turn, on one throwaway PostgreSQL server if any needs one."""
     pg_url = None
@@ -440,9 +479,11 @@ def run_setups(
             pg_url = stack.enter_context(TempPostgres()).create_database("bench")
         args.db = pg_url if kind == "postgres" else None
         if kind == "ray":
-            runs.append(bench_load(args, ray_replicas=n, label=f"Ray Serve, {n} replicas"))
+            runs.append(bench_load(args, ray_replicas=n, label=f"Ray Serve, {n} replicas",
+                                   baseline=baseline))
         else:
-            runs.append(bench_load(args, workers=n, label=f"{n} worker(s), {kind}"))
+            runs.append(bench_load(args, workers=n, label=f"{n} worker(s), {kind}",
+                                   baseline=baseline))
     return runs
 
 
@@ -578,17 +619,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["quality"] = bench_quality(args)
     if args.mode in ("load", "all"):
         with contextlib.ExitStack() as stack:
+            several = len(args.workers) > 1 or bool(setups) or bool(args.ray_replicas)
+            baseline = StudentBaseline(args) if several else None
+            if baseline is not None:
+                stack.callback(baseline.close)
             if args.temp_postgres and setups is None:
                 from llmclf.testing.postgres import TempPostgres
 
                 pg = stack.enter_context(TempPostgres())
                 args.db = pg.create_database("bench")
             if setups is not None:
-                runs = run_setups(args, setups, stack)
+                runs = run_setups(args, setups, stack, baseline)
             else:
-                runs = [bench_load(args, workers=w) for w in args.workers]
+                runs = [bench_load(args, workers=w, baseline=baseline) for w in args.workers]
                 if args.ray_replicas:
-                    runs.append(bench_load(args, ray_replicas=args.ray_replicas))
+                    runs.append(bench_load(args, ray_replicas=args.ray_replicas,
+                                           baseline=baseline))
         results["load"] = runs[0] if len(runs) == 1 else runs
         if len(runs) > 1:
             base = runs[0]["student_alone"]["texts_per_s"]
@@ -596,7 +642,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             for r in runs:
                 a = r["student_alone"]
                 ratio = a["texts_per_s"] / base if base else math.nan
-                print(f"  {r['setup']:<24} {fmt(a)}  {ratio:.2f}x texts/s of {runs[0]['setup']}")
+                offline = r.get("student_offline_texts_per_s")
+                vs = (f"; {a['texts_per_s'] / offline:.2f} of the student alone "
+                      f"({offline:.0f} texts/s just before)" if offline else "")
+                print(f"  {r['setup']:<24} {fmt(a)}  {ratio:.2f}x texts/s of {runs[0]['setup']}"
+                      + vs)
             if any("escalations" in r for r in runs):
                 print("escalations while the student stream is saturated, by setup")
                 for r in runs:
