@@ -112,6 +112,7 @@ def test_print_config_is_a_serve_config_naming_the_deployments(
     # a replica reserves half a CPU: one ONNX Runtime thread, no spin-waiting
     assert app.runtime_env["env_vars"]["LLMCLF_ORT_THREADS"] == "1"
     assert app.runtime_env["env_vars"]["LLMCLF_ORT_SPIN"] == "0"
+    assert app.runtime_env["env_vars"]["LLMCLF_LOCAL_THREADS"] == "1"  # the LLM, likewise
     args = RayAppArgs.model_validate(app.args)
     assert args.routers == [str(cfg.resolve())] and args.api_key_env == KEY_ENV
     # what `serve run` does with the file: import the builder and call it with the args

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from ray import serve
 
 from llmclf.backends.base import Backend, Capabilities, Hints
+from llmclf.backends.local_server import THREADS_ENV
 from llmclf.backends.setfit import ORT_SPIN_ENV, ORT_THREADS_ENV
 from llmclf.errors import BackendError, ConfigError
 from llmclf.router.config import load_router_config, make_named_backend
@@ -507,6 +508,8 @@ def ray_args(
     # (see `serving_student_defaults`), unless this environment says otherwise
     env[ORT_THREADS_ENV] = os.environ.get(ORT_THREADS_ENV) or "1"
     env[ORT_SPIN_ENV] = os.environ.get(ORT_SPIN_ENV) or "0"
+    # and the embedded LLM one llama.cpp thread (see `serving_threads_default`)
+    env[THREADS_ENV] = os.environ.get(THREADS_ENV) or "1"
     if api_key_env and with_secrets and os.environ.get(api_key_env):
         env[api_key_env] = os.environ[api_key_env]
     return RayAppArgs(
