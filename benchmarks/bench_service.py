@@ -295,6 +295,24 @@ def sampled_phase(args: argparse.Namespace, svc: ServiceProcess, lua: Path, work
     return {"throughput_under_pyspy": res, "samples": dict(samples)}
 
 
+def warm_llm_cache(client: httpx.Client, texts: Sequence[str]) -> None:
+    """Ask the LLM once for every text of the student stream, so that shadow calls (a share of
+    the student's answers goes to the LLM too) answer from its cache in every setup alike: a
+    fresh store (PostgreSQL) would otherwise spend the cores on the LLM that a warm one
+    (SQLite in the same $LLMCLF_HOME) answers from its cache."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def ask(text: str) -> None:
+        body = {"text": text, "hints": {"min_confidence": 1.0}}
+        client.post("/v1/classify", json=body).raise_for_status()
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(4) as pool:
+        list(pool.map(ask, texts))
+    print(f"LLM cache warmed for the {len(texts)} student texts in "
+          f"{time.perf_counter() - t0:.1f} s")
+
+
 def bench_load(
     args: argparse.Namespace, workers: int = 1, ray_replicas: int = 0, label: str | None = None,
     baseline: StudentBaseline | None = None,
@@ -348,6 +366,7 @@ def bench_load(
             if student_name is not None:
                 c.post("/v1/classify", json={"text": pool[0] + " (warm-up)",
                                              "hints": {"min_confidence": 1.0}})
+                warm_llm_cache(c, student_texts)
         print(f"service on {svc.url} ({setup}); {len(student_texts)}/{len(pool)} "
               f"texts answered by the student; {args.connections} connections, "
               f"{args.duration:.0f} s per phase")
