@@ -199,11 +199,14 @@ def real_teacher(n: int, actors: int, concurrency: int, work: Path | None) -> No
         if engine == "ray":
             _stop_server(home)  # the async run starts its own, in its own home
         s = out[-1]
+        for failure in s.get("failures", []):  # what a re-run will label again
+            print(f"{engine:>5}: not labelled: {json.dumps(failure)[:300]}", flush=True)
         steady = _steady_rate(samples)
         first = next((t for t, n in samples if n > 0), None)
         until_first = None if first is None else first - samples[0][0]
         result[engine] = {"wall_s": dt, "new": s["new"], "labelled": s["labelled"],
                           "complete": s["complete"], "labels_per_s": s["new"] / dt,
+                          "failures": s.get("failures", []),
                           "steady_labels_per_s": steady,
                           "first_label_after_s": until_first}  # fmt: skip
         print(
