@@ -76,7 +76,9 @@ local bodies = {
 local unique = %(unique)s
 local hints = [==[%(hints)s]==]
 local counter = 0
-local thread_tag = tostring(math.random(1, 1000000000))
+-- wrk's LuaJIT does not seed math.random: without the run's nonce, the "unique" texts of one
+-- run would be those of the last one, and answered from the LLM cache of a reused store
+local thread_tag = "%(nonce)s-" .. tostring(math.random(1, 1000000000))
 
 request = function()
   counter = counter + 1
@@ -125,7 +127,8 @@ def write_lua(
     bodies = ",\n".join("  " + lua_string(e) for e in escaped)
     hint_part = f', "hints": {json.dumps(hints)}' if hints else ""
     path.write_text(
-        _LUA % {"bodies": bodies, "unique": "true" if unique else "false", "hints": hint_part},
+        _LUA % {"bodies": bodies, "unique": "true" if unique else "false", "hints": hint_part,
+                "nonce": f"{time.time_ns():x}{os.getpid():x}"},
         encoding="utf-8",
     )
 
