@@ -103,9 +103,11 @@ def llm() -> Iterator[FakeProvider]:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    """A fresh SQLite store in the test's directory."""
-    return Store(tmp_path / "store.db")
+def store(tmp_path: Path) -> Iterator[Store]:
+    """A fresh SQLite store in the test's directory, closed after the test."""
+    s = Store(tmp_path / "store.db")
+    yield s
+    s.close()
 
 
 @pytest.fixture(scope="session")

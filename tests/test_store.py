@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -149,6 +150,34 @@ def test_sqlite_schema_is_unchanged_for_existing_databases(tmp_path: Path) -> No
 
 
 # ---------------------------------------------------------------------------- the store suite
+
+
+def test_threads_that_end_do_not_leave_their_sqlite_connections_open(tmp_path: Path) -> None:
+    """Each thread keeps its own SQLite connection; a service whose worker threads come and go
+    must not pile up one open file (plus WAL and shm) per thread that ever touched the store."""
+    store = Store(tmp_path / "threads.db")
+    store.cache_put("k", "m", {"label": "a"})
+
+    def open_files() -> int:
+        fds = Path("/proc/self/fd")
+        n = 0
+        for fd in fds.iterdir():
+            try:
+                n += "threads.db" in os.readlink(fd)
+            except OSError:
+                continue
+        return n
+
+    before = open_files()
+    for _ in range(30):
+        t = threading.Thread(target=lambda: store.cache_get("k"))
+        t.start()
+        t.join()
+    after = open_files()
+    assert store.cache_get("k") == {"label": "a"}
+    # at most the last ended thread's connection is still open (closed by the next new one)
+    assert after - before <= 3, f"{after - before} files left open by 30 ended threads"
+    store.close()
 
 
 def test_store_dialect_follows_the_url(db_url: str) -> None:

@@ -34,8 +34,9 @@ class SQLiteDatabase:
         self.path = path
         self.display = path
         self._local = threading.local()
-        # every thread's connection, so `close` can close them all (a thread keeps its own)
-        self._conns: set[sqlite3.Connection] = set()
+        # every thread's connection and the thread that owns it, so `close` can close them all
+        # and a new connection can close those of threads that have ended
+        self._conns: dict[sqlite3.Connection, threading.Thread] = {}
         self._conns_lock = threading.Lock()
         self._generation = 0
         self._memory_conn: sqlite3.Connection | None = None
@@ -60,7 +61,12 @@ class SQLiteDatabase:
             conn.execute("PRAGMA foreign_keys=ON")
             conn.execute("PRAGMA busy_timeout=60000")
             with self._conns_lock:
-                self._conns.add(conn)
+                orphans = [c for c, owner in self._conns.items() if not owner.is_alive()]
+                for c in orphans:
+                    del self._conns[c]
+                self._conns[conn] = threading.current_thread()
+            for c in orphans:  # their threads are gone: nothing can be using them
+                c.close()
             self._local.conn = conn
             self._local.generation = self._generation
         return conn
@@ -113,7 +119,7 @@ class SQLiteDatabase:
         """Close every thread's connection; a thread that uses the database again reconnects.
         Call it when no write is in flight (shutdown, between tests)."""
         with self._conns_lock:
-            conns, self._conns = self._conns, set()
+            conns, self._conns = list(self._conns), {}
             self._generation += 1
         for conn in conns:
             conn.close()
